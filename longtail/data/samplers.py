@@ -1,0 +1,4 @@
+"""stub"""
+from ..registry import Registry
+SAMPLERS = Registry("sampler")
+build_sampler = None

@@ -1,0 +1,2 @@
+"""stub"""
+build_transforms = None

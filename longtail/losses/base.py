@@ -1,0 +1,138 @@
+"""The uniform loss interface every longtail loss implements.
+
+Contract (see ``LongTailLoss``):
+
+* Construction: ``Loss(class_counts, **hyper_parameters)``; ``class_counts`` is the per-class
+  number of *training* images (length C, every entry >= 1). Every per-class constant is derived
+  from the counts, never from the class index order.
+* Call: ``loss(logits, target, features=None) -> scalar tensor``. ``logits`` is the model's raw
+  head output of shape (N, C) (for cosine heads: the cosines, unscaled); ``features`` the pooled
+  features (N, D) for losses with ``needs_features = True`` (FBL); ``target`` int64 (N,).
+  The value is computed in float32 even when the inputs are bf16/fp16 (autocast).
+* Schedules: ``set_progress(epoch, total_epochs)`` is called by the trainer at the start of
+  every epoch (epoch counts from 0). Schedule state lives in *buffers updated in place* so that
+  a step captured in a CUDA graph sees the change without a host synchronization.
+* Evaluation: ``predict(logits, features=None)`` maps the raw head output to the logits used for
+  prediction and calibration metrics (e.g. ``s * cos`` for cosine losses, prior-corrected logits
+  for post-hoc logit adjustment). Default: identity. Noise and margins are training-only.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+def as_counts(class_counts: Sequence[int] | Tensor) -> Tensor:
+    """Validate class counts and return them as a float64 CPU tensor."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64).flatten().cpu()
+    if counts.numel() < 2:
+        raise ConfigError(f"class_counts must list at least 2 classes, got {counts.tolist()}")
+    if (counts < 1).any():
+        bad = [i for i, c in enumerate(counts.tolist()) if c < 1]
+        raise ConfigError(f"class_counts must be >= 1 for every class; classes {bad} have no training images")
+    return counts
+
+
+class LongTailLoss(nn.Module):
+    """Base class of every longtail loss.
+
+    Args:
+        class_counts: Per-class training counts (length C).
+
+    Attributes:
+        needs_features: True if ``forward`` needs the pooled features.
+        cosine: True if the loss expects a cosine (normalized, bias-free) head.
+    """
+
+    needs_features: bool = False
+    cosine: bool = False
+
+    def __init__(self, class_counts: Sequence[int] | Tensor) -> None:
+        super().__init__()
+        counts = as_counts(class_counts)
+        self.num_classes = int(counts.numel())
+        self.register_buffer("class_counts", counts.float(), persistent=False)
+
+    # -- schedule ---------------------------------------------------------------------------
+    def set_progress(self, epoch: int, total_epochs: int) -> None:
+        """Tell the loss the training progress; default: nothing depends on it."""
+
+    # -- evaluation -------------------------------------------------------------------------
+    def predict(self, logits: Tensor, features: Optional[Tensor] = None) -> Tensor:
+        """Logits used at evaluation; default identity."""
+        return logits
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    @staticmethod
+    def _f32(x: Optional[Tensor]) -> Optional[Tensor]:
+        return None if x is None else x.float()
+
+    def _check(self, logits: Tensor, target: Tensor) -> None:
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"{type(self).__name__}: logits must have shape (N, {self.num_classes}), got {tuple(logits.shape)}"
+            )
+
+    def forward(self, logits: Tensor, target: Tensor, features: Optional[Tensor] = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}"
+
+
+def effective_number_weights(class_counts: Sequence[int] | Tensor, beta: float) -> Tensor:
+    """Class-balanced weights of Cui et al. (2019): w_j ~ (1 - beta) / (1 - beta^n_j).
+
+    Normalized so that the weights sum to C (the convention of the field's code). ``beta = 0``
+    gives uniform weights.
+
+    Returns:
+        float32 tensor of shape (C,).
+    """
+    counts = as_counts(class_counts)
+    if not 0.0 <= beta < 1.0:
+        raise ConfigError(f"effective-number beta must be in [0, 1), got {beta}")
+    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    return (w / w.sum() * counts.numel()).float()
+
+
+class DeferredReweighting(nn.Module):
+    """Per-class loss weights with an optional deferred switch (DRW, Cao et al. 2019).
+
+    Before ``drw_epoch`` the weights are ``1``; from ``drw_epoch`` on (epochs count from 0, as
+    in the reference code's ``epoch // 160``), they are the effective-number weights with
+    ``beta``. ``drw_epoch = 0`` means re-weighting from the start (plain class-balanced loss);
+    ``drw_epoch = None`` disables re-weighting. The weights are a buffer updated in place.
+
+    Args:
+        class_counts: Per-class training counts.
+        drw_epoch: First re-weighted epoch, or None.
+        beta: Effective-number beta (0.9999 in the field's code).
+    """
+
+    def __init__(self, class_counts: Sequence[int] | Tensor, drw_epoch: Optional[int] = None, beta: float = 0.9999) -> None:
+        super().__init__()
+        self.drw_epoch = drw_epoch
+        self.register_buffer("balanced", effective_number_weights(class_counts, beta), persistent=False)
+        init = self.balanced.clone() if drw_epoch == 0 else torch.ones_like(self.balanced)
+        self.register_buffer("weight", init, persistent=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.drw_epoch is not None
+
+    def set_progress(self, epoch: int, total_epochs: int) -> None:
+        if self.drw_epoch is None:
+            return
+        with torch.no_grad():
+            self.weight.copy_(self.balanced if epoch >= self.drw_epoch else torch.ones_like(self.balanced))
+
+
+def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    """Cross-entropy in float32 with optional per-class weights, mean-reduced like ``F.cross_entropy``
+    (weighted mean: sum_i w_{y_i} l_i / sum_i w_{y_i})."""
+    return nn.functional.cross_entropy(logits.float(), target, weight=None if weight is None else weight.float())
