@@ -133,6 +133,7 @@ class DeferredReweighting(nn.Module):
 
 
 def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
-    """Cross-entropy in float32 with optional per-class weights, mean-reduced like ``F.cross_entropy``
+    """Cross-entropy in (at least) float32 with optional per-class weights, mean-reduced like ``F.cross_entropy``
     (weighted mean: sum_i w_{y_i} l_i / sum_i w_{y_i})."""
-    return nn.functional.cross_entropy(logits.float(), target, weight=None if weight is None else weight.float())
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # float32 under autocast, float64 stays
+    return nn.functional.cross_entropy(logits.to(dtype), target, weight=None if weight is None else weight.to(dtype))
