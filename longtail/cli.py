@@ -1,0 +1,177 @@
+"""The ``longtail`` command line.
+
+    longtail train [RECIPE] [key=value ...] [--resume RUN_DIR] [--quiet]
+    longtail retrain STAGE1_RUN [key=value ...]
+    longtail eval RUN_DIR [--split test] [--checkpoint PATH] [key=value ...]
+    longtail report PATH [PATH ...] [--format markdown|csv]
+    longtail recipes
+    longtail constants [RECIPE] [key=value ...]
+    longtail reproduce TABLE [key=value ...]
+
+With no recipe, ``longtail train`` runs the built-in synthetic long-tailed demo on the CPU in
+about a minute. Every config key can be overridden with a dotted ``key=value``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import LongTailError
+
+
+def _split_items(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    recipe, overrides = None, []
+    for it in items:
+        if "=" in it:
+            overrides.append(it)
+        elif recipe is None:
+            recipe = it
+        else:
+            raise LongTailError(f"two recipes given ('{recipe}' and '{it}'); overrides look like key=value")
+    return recipe, overrides
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .engine.trainer import shot_table, train
+
+    recipe, overrides = _split_items(args.items)
+    if args.quiet:
+        overrides.append("quiet=true")
+    if args.resume:
+        if recipe or overrides:
+            raise LongTailError("--resume continues a run with its saved config; give no recipe or overrides")
+        run_dir, metrics = train({}, resume=Path(args.resume))
+    else:
+        cfg = load_config(recipe, overrides)
+        run_dir, metrics = train(cfg)
+    print(shot_table(metrics))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    from .engine.stage2 import retrain
+    from .engine.trainer import shot_table
+
+    overrides = list(args.overrides) + (["quiet=true"] if args.quiet else [])
+    run_dir, metrics = retrain(Path(args.stage1), overrides)
+    print(shot_table(metrics))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .engine.evaluation import evaluate_run
+    from .engine.trainer import shot_table
+
+    metrics = evaluate_run(Path(args.run), split=args.split, checkpoint=args.checkpoint, overrides=args.overrides,
+                           out=Path(args.out) if args.out else None)
+    print(shot_table(metrics))
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import format_table, load_runs, summarize
+
+    runs = load_runs([Path(p) for p in args.paths])
+    print(format_table(summarize(runs), fmt=args.format))
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .config import list_recipes
+
+    print("\n".join(list_recipes()))
+    return 0
+
+
+def cmd_constants(args) -> int:
+    from .config import load_config
+    from .data import build_datasets
+    from .losses import build_loss
+    from .losses.constants import format_constants
+
+    recipe, overrides = _split_items(args.items)
+    cfg = load_config(recipe, overrides)
+    bundle = build_datasets(cfg["data"])
+    loss = build_loss(cfg["loss"]["name"], bundle.class_counts, **cfg["loss"]["params"])
+    print(format_constants(loss, bundle.class_counts))
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import main as reproduce_main
+
+    return reproduce_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longtail", description="Long-tailed visual recognition: train, re-train, evaluate, report.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train stage 1 (no recipe: the synthetic CPU demo)")
+    t.add_argument("items", nargs="*", help="RECIPE (e.g. cifar10_lt/gcl) and key=value overrides")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--quiet", action="store_true", help="no progress bars (clusters)")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("retrain", help="stage 2: re-train the classifier of a finished stage-1 run")
+    r.add_argument("stage1", metavar="STAGE1_RUN")
+    r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage2.method=lws")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_retrain)
+
+    e = sub.add_parser("eval", help="evaluate a run folder's checkpoint")
+    e.add_argument("run", metavar="RUN_DIR")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--split", choices=["test", "val", "train"])
+    e.add_argument("--checkpoint")
+    e.add_argument("--out", help="write the metrics to this JSON file")
+    e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    e.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="tables across run folders (mean +- std over seeds)")
+    rep.add_argument("paths", nargs="+")
+    rep.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    rep.set_defaults(func=cmd_report)
+
+    rc = sub.add_parser("recipes", help="list the shipped recipes")
+    rc.set_defaults(func=cmd_recipes)
+
+    c = sub.add_parser("constants", help="print a loss's per-class constants for a dataset")
+    c.add_argument("items", nargs="*", help="RECIPE and key=value overrides")
+    c.set_defaults(func=cmd_constants)
+
+    rp = sub.add_parser("reproduce", help="run every row of a thesis table and write a markdown table")
+    rp.add_argument("table", help="table id, e.g. 5.6, or 'list'")
+    rp.add_argument("overrides", nargs="*")
+    rp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    rp.add_argument("--rho", type=int, nargs="+", default=None)
+    rp.add_argument("--out", default="runs/reproduce")
+    rp.add_argument("--jobs", type=int, default=1, help="runs at once (several fit on one GPU)")
+    rp.add_argument("--dry-run", action="store_true", help="print the commands only")
+    rp.set_defaults(func=cmd_reproduce)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LongTailError as err:
+        print(f"longtail: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("longtail: interrupted; the last finished epoch's checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,412 @@
+"""The training loop every method shares (stage 1 and stage 2).
+
+Read top to bottom: ``build`` turns a config into components, ``train_one_epoch`` and
+``evaluate`` are flat loops in the style of torchvision's classification reference, ``fit`` runs
+epochs with schedule hooks, checkpoints and logs, and ``train`` is the ``longtail train`` entry.
+Methods plug in as a head, a loss, a sampler and the loss's ``set_progress`` hook (DRW, the KPS
+gradient-adjustment switch, the FBL curriculum) -- never as a forked loop.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import load_saved_config, save_config
+from ..data import DataBundle, build_datasets, build_sampler
+from ..data.gpu import GpuLoader, iterate_eval
+from ..errors import CheckpointError, ConfigError, DivergenceError
+from ..losses import LongTailLoss, build_loss
+from ..models import LongTailModel, build_model
+from .checkpoint import load_checkpoint, load_model_state, save_atomic
+from .metrics import Accumulator
+from .runlog import EpochLog, default_run_name, git_commit, new_run_dir, read_log, software_versions, write_json
+from .schedule import check_schedule, lr_at
+from .step import MixupSchedule, TrainStep
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and switches
+# ---------------------------------------------------------------------------------------------
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when available; an unavailable CUDA device is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{spec}' requested but CUDA is not available")
+    return dev
+
+
+def _auto(value, default: bool) -> bool:
+    return default if value == "auto" else bool(value)
+
+
+def amp_dtype(cfg: dict, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype: ``auto`` = bf16 on a GPU that supports it, none on the CPU."""
+    amp = cfg["amp"]
+    if amp in ("none", False, None) or device.type != "cuda":
+        if amp in ("bf16", "fp16") and device.type != "cuda":
+            return None  # falls back cleanly on the CPU
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    raise ConfigError(f"amp '{amp}' unknown; valid: auto, bf16, fp16, none")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, stage: int = 1) -> int:
+    """Every epoch re-seeds the global RNGs from (seed, epoch), so a resumed run continues
+    with exactly the random numbers an uninterrupted run would have drawn."""
+    return (seed * 1_000_003 + stage * 10_007 + epoch) % 2**31
+
+
+# ---------------------------------------------------------------------------------------------
+# Building components from a config
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Everything a run needs, built from its config."""
+
+    cfg: dict
+    device: torch.device
+    bundle: DataBundle
+    model: LongTailModel
+    loss_fn: LongTailLoss
+    amp_dtype: Optional[torch.dtype]
+    channels_last: bool
+    extras: dict = field(default_factory=dict)
+
+
+def check_loss_head(loss_fn: LongTailLoss, model: LongTailModel, head_name: str) -> None:
+    cos = getattr(loss_fn, "cosine", False)
+    if cos and head_name not in ("cosine", "lws"):
+        raise ConfigError(
+            f"loss '{type(loss_fn).__name__}' expects a cosine head (model.head=cosine), got model.head={head_name}"
+        )
+
+
+def build(cfg: dict) -> Run:
+    """Datasets, model and loss for a config (stage 1)."""
+    check_schedule(cfg["optim"])
+    device = resolve_device(cfg["device"])
+    bundle = build_datasets(cfg["data"])
+    m = cfg["model"]
+    model = build_model(m["backbone"], m["head"], bundle.num_classes, head_params=m["head_params"],
+                        pretrained=m["pretrained"], freeze=m["freeze"])
+    loss_fn = build_loss(cfg["loss"]["name"], bundle.class_counts, **cfg["loss"]["params"])
+    check_loss_head(loss_fn, model, m["head"])
+    cl = _auto(cfg["channels_last"], device.type == "cuda")
+    model = model.to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    return Run(cfg, device, bundle, model, loss_fn.to(device), amp_dtype(cfg, device), cl)
+
+
+def make_train_loader(run: Run, sampler_cfg: dict, total_epochs: int, stage_seed: int, batch_size: Optional[int] = None):
+    """A GPU-resident loader for in-memory datasets, a DataLoader otherwise."""
+    cfg, bundle = run.cfg, run.bundle
+    batch_size = int(batch_size or cfg["data"]["batch_size"])
+    targets = np.asarray(bundle.train.targets)
+    sampler = build_sampler(sampler_cfg["name"], targets, bundle.num_classes, seed=stage_seed,
+                            total_epochs=total_epochs, **sampler_cfg["params"])
+    resident = _auto(cfg["data"]["gpu_resident"], True) and bundle.in_memory
+    if resident:
+        return GpuLoader(bundle.train.data, targets, sampler, batch_size, run.device,
+                         bundle.mean, bundle.std, augment=bundle.augment if bundle.augment in ("cifar", "none") else "none",
+                         channels_last=run.channels_last)
+    return _DataLoaderAdapter(bundle.train, sampler, batch_size, cfg["data"]["num_workers"],
+                              run.device, run.channels_last)
+
+
+class _DataLoaderAdapter:
+    """A torch DataLoader with the GpuLoader interface (``set_epoch``, device batches)."""
+
+    def __init__(self, dataset, sampler, batch_size: int, workers: int, device: torch.device, channels_last: bool):
+        self.sampler, self.device, self.channels_last = sampler, device, channels_last
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+            pin_memory=device.type == "cuda", drop_last=False, persistent_workers=workers > 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def eval_batches(run: Run, split: str) -> Iterable:
+    """Batches ``(x, y)`` of an evaluation split, on the device, in dataset order."""
+    bundle = run.bundle
+    ds = {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split]
+    if ds is None:
+        raise ConfigError(f"dataset '{run.cfg['data']['name']}' has no '{split}' split")
+    bs = run.cfg["data"]["eval_batch_size"]
+    if bundle.in_memory and _auto(run.cfg["data"]["gpu_resident"], True):
+        key = f"eval_{split}"
+        if key not in run.extras:  # move the split to the device once
+            run.extras[key] = (torch.as_tensor(np.asarray(ds.data)).to(run.device),
+                               torch.as_tensor(np.asarray(ds.targets), dtype=torch.long).to(run.device))
+        data, targets = run.extras[key]
+        for x, y in iterate_eval(data, targets, bs, bundle.mean, bundle.std):
+            yield (x.contiguous(memory_format=torch.channels_last) if run.channels_last else x), y
+        return
+    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=False, num_workers=run.cfg["data"]["num_workers"],
+                                         pin_memory=run.device.type == "cuda")
+    for x, y in loader:
+        x = x.to(run.device, non_blocking=True)
+        yield (x.contiguous(memory_format=torch.channels_last) if run.channels_last else x), y.to(run.device)
+
+
+def make_optimizer(params, optim_cfg: dict, device: torch.device, fused: bool, lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum; fused with a tensor learning rate on CUDA (graph-capturable)."""
+    kw = dict(momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"], nesterov=optim_cfg["nesterov"])
+    if fused and device.type == "cuda":
+        return torch.optim.SGD(params, lr=torch.tensor(lr, device=device), fused=True, **kw)
+    return torch.optim.SGD(params, lr=lr, **kw)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # in place: a captured graph reads this tensor
+        else:
+            group["lr"] = lr
+
+
+# ---------------------------------------------------------------------------------------------
+# The loops
+# ---------------------------------------------------------------------------------------------
+def train_one_epoch(step: TrainStep, loader, device: torch.device, desc: str = "", quiet: bool = False) -> dict:
+    """One pass over ``loader``; returns the mean loss (one host sync, at the end)."""
+    step.model.train()
+    total = torch.zeros((), device=device)
+    count = 0
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=quiet):
+        total += step(x, y).float() * y.shape[0]
+        count += y.shape[0]
+    return {"loss": (total / max(count, 1)).item(), "images": count}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loss_fn: LongTailLoss, batches: Iterable, class_counts, *, amp: Optional[torch.dtype] = None,
+             many: int = 100, few: int = 20, keep_logits: bool = False,
+             feature_norms: bool = False) -> tuple[dict, Optional[dict]]:
+    """Evaluate on ``batches``; returns the metrics and (with ``keep_logits``) the outputs.
+
+    The prediction logits are ``loss_fn.predict(logits, features)`` (e.g. ``s * cos`` for cosine
+    losses, prior-corrected logits for post-hoc logit adjustment).
+    """
+    was_training = model.training
+    model.eval()
+    acc = Accumulator(keep_logits=keep_logits)
+    feats, raw = [], []
+    num_classes = len(class_counts)
+    norm_sum = norm_cnt = None
+    for x, y in batches:
+        with torch.autocast(device_type=x.device.type, dtype=amp) if amp is not None else _null():
+            out = model(x)
+        f = out.features.float()
+        logits = loss_fn.predict(out.logits.float(), f)
+        acc.update(logits, y)
+        if feature_norms:
+            if norm_sum is None:
+                norm_sum = torch.zeros(num_classes, device=f.device, dtype=torch.float64)
+                norm_cnt = torch.zeros(num_classes, device=f.device, dtype=torch.float64)
+            norm_sum.index_add_(0, y, f.norm(dim=1).double())
+            norm_cnt.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        if keep_logits:
+            feats.append(f)
+            raw.append(out.logits.float())
+    model.train(was_training)
+    metrics = acc.compute(class_counts, many=many, few=few)
+    if feature_norms and norm_sum is not None:
+        metrics["feature_norm"] = (norm_sum / norm_cnt.clamp(min=1)).tolist()
+    outputs = None
+    if keep_logits:
+        outputs = {"features": torch.cat(feats), "raw_logits": torch.cat(raw), "logits": acc.logits(),
+                   "targets": acc.targets()}
+    return metrics, outputs
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _headline(metrics: dict) -> str:
+    def f(k):
+        v = metrics.get(k)
+        return "  -  " if v is None else f"{v:5.2f}"
+
+    return f"top1 {f('top1')} | many {f('many')} medium {f('medium')} few {f('few')}"
+
+
+def shot_table(metrics: dict) -> str:
+    """A small head/medium/tail table for the terminal."""
+    t = metrics.get("shot_thresholds", {})
+    sizes = metrics.get("group_sizes", {})
+    rows = [("all", metrics.get("top1"), sum(v for v in sizes.values() if v) if sizes else None),
+            (f"many (>{t.get('many')})", metrics.get("many"), sizes.get("many")),
+            (f"medium", metrics.get("medium"), sizes.get("medium")),
+            (f"few (<{t.get('few')})", metrics.get("few"), sizes.get("few"))]
+    out = ["| group | classes | top-1 % |", "|---|---|---|"]
+    for name, v, n in rows:
+        out.append(f"| {name} | {'-' if n is None else n} | {'-' if v is None else f'{v:.2f}'} |")
+    return "\n".join(out)
+
+
+def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, mixup_alpha: float = 0.0,
+        mixup_until: Optional[int] = None, stage: int = 1, start_ckpt: Optional[dict] = None,
+        batch_size: Optional[int] = None) -> dict:
+    """Run the epochs of one stage: schedules, steps, evaluation, logs and checkpoints.
+
+    Returns the final-epoch metrics on ``eval.split``.
+    """
+    cfg, device = run.cfg, run.device
+    epochs = int(optim_cfg["epochs"])
+    seed = int(cfg["seed"])
+    fused = _auto(cfg["fused_optimizer"], device.type == "cuda")
+    graph = _auto(cfg["cuda_graph"], device.type == "cuda")
+    optimizer = make_optimizer(params, optim_cfg, device, fused or graph, lr_at(0, optim_cfg))
+    loader = make_train_loader(run, sampler_cfg, epochs, seed, batch_size)
+    mix = MixupSchedule(mixup_alpha, device) if mixup_alpha > 0 else None
+    model = run.model
+    if cfg["compile"]:
+        model = torch.compile(run.model)
+    step = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=mix, cuda_graph=graph)
+    no_mix = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=None, cuda_graph=graph) if mix else None
+    start = 0
+    if start_ckpt is not None:
+        optimizer.load_state_dict(start_ckpt["optimizer"])
+        start = int(start_ckpt["epoch"]) + 1
+    log = EpochLog(run_dir, tensorboard=cfg["tensorboard"], truncate_after=start if start_ckpt else None)
+    many, few = cfg["data"]["shot_thresholds"]
+    every = max(1, int(cfg["eval"]["every"]))
+    split = cfg["eval"]["split"]
+    metrics: dict = {}
+    quiet = cfg["quiet"]
+    try:
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            seed_everything(epoch_seed(seed, epoch, stage))
+            lr = lr_at(epoch, optim_cfg)
+            set_lr(optimizer, lr)
+            run.loss_fn.set_progress(epoch, epochs)
+            loader.set_epoch(epoch)
+            use = step
+            if mix is not None and (mixup_until is None or epoch < mixup_until):
+                mix.start_epoch(len(loader))
+            elif no_mix is not None:
+                use = no_mix
+            stats = train_one_epoch(use, loader, device, desc=f"stage{stage} epoch {epoch + 1}/{epochs}", quiet=quiet)
+            if not math.isfinite(stats["loss"]):
+                raise DivergenceError(
+                    f"training loss is {stats['loss']} in epoch {epoch} (stage {stage}, loss "
+                    f"'{type(run.loss_fn).__name__}', lr {lr:g}); the checkpoint of the last good epoch "
+                    f"is kept in {run_dir}"
+                )
+            train_s = time.perf_counter() - t0
+            row = {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": stats["loss"], "train_seconds": train_s,
+                   "images_per_second": stats["images"] / max(train_s, 1e-9)}
+            if (epoch + 1) % every == 0 or epoch == epochs - 1:
+                metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, split), run.bundle.class_counts,
+                                      amp=run.amp_dtype, many=many, few=few, feature_norms=cfg["eval"]["feature_norms"])
+                row.update({f"{split}.{k}": metrics[k] for k in ("top1", "many", "medium", "few", "nll", "ece")})
+                if "feature_norm" in metrics:
+                    row[f"{split}.feature_norm"] = metrics.pop("feature_norm")
+            row["seconds"] = time.perf_counter() - t0
+            log.write(row)
+            if not quiet or epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 10) == 0:
+                msg = f"[stage {stage}] epoch {epoch + 1}/{epochs} lr {lr:.4g} loss {stats['loss']:.4f}"
+                if f"{split}.top1" in row:
+                    msg += " | " + _headline(metrics)
+                tqdm.write(msg)
+            save_atomic({"model": run.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "stage": stage, "seed": seed}, run_dir / "last.pt")
+    finally:
+        log.close()
+    if not metrics:  # resumed after the last epoch had finished
+        metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, split), run.bundle.class_counts,
+                              amp=run.amp_dtype, many=many, few=few)
+    return metrics
+
+
+def finish(run: Run, run_dir: Path, metrics: dict, wall: float, stage: int, epochs: int, extra: Optional[dict] = None) -> dict:
+    """Write ``metrics.json`` with provenance and return it."""
+    out = dict(metrics)
+    out.update({"epoch": epochs - 1, "checkpoint": run.cfg["eval"]["checkpoint"], "split": run.cfg["eval"]["split"],
+                "stage": stage, "seed": run.cfg["seed"], "recipe": run.cfg.get("recipe"), "wall_time_s": wall,
+                "versions": software_versions(), "git_commit": git_commit(), "device": str(run.device)})
+    if extra:
+        out.update(extra)
+    write_json(out, run_dir / "metrics.json")
+    return out
+
+
+def train(cfg: dict, resume: Optional[Path] = None) -> tuple[Path, dict]:
+    """Train stage 1 as configured (the ``longtail train`` command).
+
+    Args:
+        cfg: A resolved config (:func:`longtail.config.load_config`).
+        resume: A run folder to continue; its saved config is used and ``cfg`` ignored.
+
+    Returns:
+        The run folder and the final metrics.
+    """
+    t0 = time.perf_counter()
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = load_saved_config(run_dir / "config.yaml")
+        ckpt_path = run_dir / "last.pt"
+        if ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            if int(ckpt.get("stage", 1)) != 1:
+                raise CheckpointError(f"{ckpt_path} is a stage-{ckpt.get('stage')} checkpoint; resume it with longtail retrain")
+        prior = read_log(run_dir)
+        t0 -= sum(r.get("seconds", 0.0) for r in prior if ckpt and r.get("epoch", 1 << 30) <= ckpt["epoch"])
+    if cfg["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+    seed_everything(int(cfg["seed"]))
+    run = build(cfg)
+    if resume is None:
+        run_dir = new_run_dir(cfg["output_dir"], cfg["name"] or default_run_name(cfg))
+        save_config(cfg, run_dir / "config.yaml")
+    if ckpt is not None:
+        load_model_state(run.model, ckpt["model"], run_dir / "last.pt")
+    metrics = fit(run, run_dir, params=[p for p in run.model.parameters() if p.requires_grad], optim_cfg=cfg["optim"],
+                  sampler_cfg=cfg["sampler"], mixup_alpha=float(cfg["mixup"]["alpha"]), mixup_until=cfg["mixup"]["until_epoch"],
+                  stage=1, start_ckpt=ckpt)
+    out = finish(run, run_dir, metrics, time.perf_counter() - t0, 1, cfg["optim"]["epochs"])
+    return run_dir, out
