@@ -94,15 +94,15 @@ def cmd_recipes(args) -> int:
 
 def cmd_constants(args) -> int:
     from .config import load_config
-    from .data import build_datasets
+    from .data.lt import train_class_counts
     from .losses import build_loss
     from .losses.constants import format_constants
 
     recipe, overrides = _split_items(args.items)
     cfg = load_config(recipe, overrides)
-    bundle = build_datasets(cfg["data"])
-    loss = build_loss(cfg["loss"]["name"], bundle.class_counts, **cfg["loss"]["params"])
-    print(format_constants(loss, bundle.class_counts))
+    counts = train_class_counts(cfg["data"])
+    loss = build_loss(cfg["loss"]["name"], counts, **cfg["loss"]["params"])
+    print(format_constants(loss, counts))
     return 0
 
 

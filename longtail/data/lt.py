@@ -317,5 +317,31 @@ def build_datasets(cfg_data: Mapping[str, Any]) -> DataBundle:
     return bundle
 
 
+PROFILE_DATASETS = {"cifar10_lt": (5000, 10), "cifar100_lt": (500, 100)}
+
+
+def train_class_counts(cfg_data: Mapping[str, Any]) -> np.ndarray:
+    """Training class counts of the ``data:`` block without decoding any image.
+
+    CIFAR-LT and the synthetic set follow their long-tail profile (so no file is needed);
+    list-file datasets are read (their list only, images are opened lazily).
+    """
+    name = cfg_data.get("name")
+    params = dict(cfg_data.get("params") or {})
+    rho = cfg_data.get("imbalance_ratio", 100)
+    profile = cfg_data.get("profile", "exp")
+    if name in PROFILE_DATASETS:
+        n_max, classes = PROFILE_DATASETS[name]
+        return np.asarray(long_tail_counts(int(params.get("n_max") or n_max), classes, rho, profile), dtype=np.int64)
+    if name == "synthetic":
+        import inspect
+
+        defaults = {k: v.default for k, v in inspect.signature(synthetic.build_synthetic).parameters.items()}
+        n_max = int(params.get("n_max", defaults["n_max"]))
+        classes = int(params.get("num_classes", defaults["num_classes"]))
+        return np.asarray(long_tail_counts(n_max, classes, rho, params.get("profile", profile)), dtype=np.int64)
+    return np.asarray(build_datasets(cfg_data).class_counts, dtype=np.int64)
+
+
 # Builders register themselves on import; imported last since they use the names above.
 from . import cifar, listfile, synthetic  # noqa: E402,F401
