@@ -23,14 +23,15 @@ from typing import Iterable, Optional
 
 import torch
 
-from ..config import load_config, load_saved_config, save_config
+from ..config import load_config, load_saved_config
 from ..errors import CheckpointError, ConfigError
 from ..losses import build_loss
 from ..models import LWSHead, tau_normalize
 from .checkpoint import load_checkpoint, load_model_state
 from .metrics import Accumulator
-from .runlog import default_run_name, new_run_dir, write_json
-from .trainer import Run, build, check_loss_head, eval_batches, evaluate, finish, fit, make_train_loader, seed_everything
+from .runlog import default_run_name
+from .trainer import (Run, build, check_loss_head, eval_batches, evaluate, finish, fit, make_run_dir, make_train_loader,
+                      seed_everything)
 
 METHODS = ("crt", "lws", "tau_norm", "none")
 
@@ -112,9 +113,8 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
     run = build(cfg)
     load_model_state(run.model, ckpt["model"], stage1_dir / "last.pt")
     name = cfg["name"] if cfg["name"] and cfg["name"] != s1cfg.get("name") else default_run_name(cfg, stage=2)
-    run_dir = new_run_dir(cfg["output_dir"], name)
-    cfg["name"] = run_dir.name
-    save_config(cfg, run_dir / "config.yaml")
+    cfg["name"] = name
+    run_dir = make_run_dir(run, name)
     backbone_before = {k: v.clone() for k, v in run.model.backbone.state_dict().items()}
     many, few = cfg["data"]["shot_thresholds"]
     extra: dict = {"stage1_run": str(stage1_dir), "stage2_method": s2["method"]}
@@ -161,13 +161,9 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
         epochs = int(s2["epochs"])
         metrics = fit(run, run_dir, params=params, optim_cfg=optim_cfg, sampler_cfg=s2["sampler"], stage=2,
                       mixup_alpha=float(s2["mixup_alpha"]), batch_size=s2["batch_size"])
-        torch.save(run.model.head.state_dict(), run_dir / "head.pt")
 
     after = run.model.backbone.state_dict()
     changed = [k for k, v in backbone_before.items() if not torch.equal(v, after[k])]
     if changed:  # a bug, never expected: say so loudly rather than report a silently changed model
         raise RuntimeError(f"stage 2 changed backbone tensors {changed[:5]}")
-    out = finish(run, run_dir, metrics, time.perf_counter() - t0, 2, epochs, extra)
-    if method in ("none", "tau_norm"):
-        write_json(out, run_dir / "metrics.json")
-    return run_dir, out
+    return run_dir, finish(run, run_dir, metrics, time.perf_counter() - t0, 2, epochs, extra)

@@ -26,6 +26,7 @@ from ..data.gpu import GpuLoader, iterate_eval
 from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..losses import LongTailLoss, build_loss
 from ..models import LongTailModel, build_model
+from . import distributed as dist
 from .checkpoint import load_checkpoint, load_model_state, save_atomic
 from .metrics import Accumulator
 from .runlog import EpochLog, default_run_name, git_commit, new_run_dir, read_log, software_versions, write_json
@@ -92,6 +93,7 @@ class Run:
     loss_fn: LongTailLoss
     amp_dtype: Optional[torch.dtype]
     channels_last: bool
+    dist: dist.DistInfo = field(default_factory=dist.DistInfo)
     extras: dict = field(default_factory=dict)
 
 
@@ -106,7 +108,8 @@ def check_loss_head(loss_fn: LongTailLoss, model: LongTailModel, head_name: str)
 def build(cfg: dict) -> Run:
     """Datasets, model and loss for a config (stage 1)."""
     check_schedule(cfg["optim"])
-    device = resolve_device(cfg["device"])
+    info = dist.from_env()
+    device = dist.setup(info, resolve_device(cfg["device"]))
     bundle = build_datasets(cfg["data"])
     m = cfg["model"]
     model = build_model(m["backbone"], m["head"], bundle.num_classes, head_params=m["head_params"],
@@ -117,16 +120,17 @@ def build(cfg: dict) -> Run:
     model = model.to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    return Run(cfg, device, bundle, model, loss_fn.to(device), amp_dtype(cfg, device), cl)
+    return Run(cfg, device, bundle, model, loss_fn.to(device), amp_dtype(cfg, device), cl, info)
 
 
 def make_train_loader(run: Run, sampler_cfg: dict, total_epochs: int, stage_seed: int, batch_size: Optional[int] = None):
     """A GPU-resident loader for in-memory datasets, a DataLoader otherwise."""
     cfg, bundle = run.cfg, run.bundle
-    batch_size = int(batch_size or cfg["data"]["batch_size"])
+    batch_size = dist.per_rank_batch(int(batch_size or cfg["data"]["batch_size"]), run.dist)
     targets = np.asarray(bundle.train.targets)
     sampler = build_sampler(sampler_cfg["name"], targets, bundle.num_classes, seed=stage_seed,
-                            total_epochs=total_epochs, **sampler_cfg["params"])
+                            total_epochs=total_epochs, rank=run.dist.rank, world_size=run.dist.world_size,
+                            **sampler_cfg["params"])
     resident = _auto(cfg["data"]["gpu_resident"], True) and bundle.in_memory
     if resident:
         return GpuLoader(bundle.train.data, targets, sampler, batch_size, run.device,
@@ -172,8 +176,7 @@ def eval_batches(run: Run, split: str) -> Iterable:
             run.extras[key] = (torch.as_tensor(np.asarray(ds.data)).to(run.device),
                                torch.as_tensor(np.asarray(ds.targets), dtype=torch.long).to(run.device))
         data, targets = run.extras[key]
-        for x, y in iterate_eval(data, targets, bs, bundle.mean, bundle.std):
-            yield (x.contiguous(memory_format=torch.channels_last) if run.channels_last else x), y
+        yield from iterate_eval(data, targets, bs, bundle.mean, bundle.std, channels_last=run.channels_last)
         return
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=False, num_workers=run.cfg["data"]["num_workers"],
                                          pin_memory=run.device.type == "cuda")
@@ -293,26 +296,30 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
     cfg, device = run.cfg, run.device
     epochs = int(optim_cfg["epochs"])
     seed = int(cfg["seed"])
+    main = run.dist.is_main
     fused = _auto(cfg["fused_optimizer"], device.type == "cuda")
-    graph = _auto(cfg["cuda_graph"], device.type == "cuda")
+    graph = _auto(cfg["cuda_graph"], device.type == "cuda" and not run.dist.enabled)
     optimizer = make_optimizer(params, optim_cfg, device, fused or graph, lr_at(0, optim_cfg))
     loader = make_train_loader(run, sampler_cfg, epochs, seed, batch_size)
     mix = MixupSchedule(mixup_alpha, device) if mixup_alpha > 0 else None
     model = run.model
+    if run.dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
     if cfg["compile"]:
-        model = torch.compile(run.model)
+        model = torch.compile(model)
     step = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=mix, cuda_graph=graph)
     no_mix = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=None, cuda_graph=graph) if mix else None
     start = 0
     if start_ckpt is not None:
         optimizer.load_state_dict(start_ckpt["optimizer"])
         start = int(start_ckpt["epoch"]) + 1
-    log = EpochLog(run_dir, tensorboard=cfg["tensorboard"], truncate_after=start if start_ckpt else None)
+    log = EpochLog(run_dir, tensorboard=cfg["tensorboard"], truncate_after=start if start_ckpt else None) if main else None
     many, few = cfg["data"]["shot_thresholds"]
     every = max(1, int(cfg["eval"]["every"]))
     split = cfg["eval"]["split"]
     metrics: dict = {}
-    quiet = cfg["quiet"]
+    quiet = cfg["quiet"] or not main
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
@@ -327,6 +334,8 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
             elif no_mix is not None:
                 use = no_mix
             stats = train_one_epoch(use, loader, device, desc=f"stage{stage} epoch {epoch + 1}/{epochs}", quiet=quiet)
+            if run.dist.enabled:
+                stats["loss"] = float(dist.mean_across(torch.tensor(stats["loss"], device=device), run.dist))
             if not math.isfinite(stats["loss"]):
                 raise DivergenceError(
                     f"training loss is {stats['loss']} in epoch {epoch} (stage {stage}, loss "
@@ -343,6 +352,8 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
                 if "feature_norm" in metrics:
                     row[f"{split}.feature_norm"] = metrics.pop("feature_norm")
             row["seconds"] = time.perf_counter() - t0
+            if not main:
+                continue
             log.write(row)
             if not quiet or epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 10) == 0:
                 msg = f"[stage {stage}] epoch {epoch + 1}/{epochs} lr {lr:.4g} loss {stats['loss']:.4f}"
@@ -352,22 +363,44 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
             save_atomic({"model": run.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "stage": stage, "seed": seed}, run_dir / "last.pt")
     finally:
-        log.close()
+        if log is not None:
+            log.close()
     if not metrics:  # resumed after the last epoch had finished
         metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, split), run.bundle.class_counts,
                               amp=run.amp_dtype, many=many, few=few)
     return metrics
 
 
+def make_run_dir(run: Run, name: str) -> Path:
+    """Create the run folder (rank 0) and save the resolved config; every rank gets the path.
+
+    An existing folder is an error on every rank (never overwritten)."""
+    result = None
+    if run.dist.is_main:
+        try:
+            run_dir = new_run_dir(run.cfg["output_dir"], name)
+            save_config(run.cfg, run_dir / "config.yaml")
+            result = ("ok", str(run_dir))
+        except ConfigError as err:
+            result = ("error", str(err))
+    result = dist.broadcast_object(result, run.dist)
+    if result[0] == "error":
+        raise ConfigError(result[1])
+    return Path(result[1])
+
+
 def finish(run: Run, run_dir: Path, metrics: dict, wall: float, stage: int, epochs: int, extra: Optional[dict] = None) -> dict:
-    """Write ``metrics.json`` with provenance and return it."""
+    """Write ``metrics.json`` with provenance (rank 0) and return it."""
     out = dict(metrics)
     out.update({"epoch": epochs - 1, "checkpoint": run.cfg["eval"]["checkpoint"], "split": run.cfg["eval"]["split"],
                 "stage": stage, "seed": run.cfg["seed"], "recipe": run.cfg.get("recipe"), "wall_time_s": wall,
                 "versions": software_versions(), "git_commit": git_commit(), "device": str(run.device)})
     if extra:
         out.update(extra)
-    write_json(out, run_dir / "metrics.json")
+    if run.dist.enabled:
+        out["world_size"] = run.dist.world_size
+    if run.dist.is_main:
+        write_json(out, run_dir / "metrics.json")
     return out
 
 
@@ -401,12 +434,12 @@ def train(cfg: dict, resume: Optional[Path] = None) -> tuple[Path, dict]:
     seed_everything(int(cfg["seed"]))
     run = build(cfg)
     if resume is None:
-        run_dir = new_run_dir(cfg["output_dir"], cfg["name"] or default_run_name(cfg))
-        save_config(cfg, run_dir / "config.yaml")
+        run_dir = make_run_dir(run, cfg["name"] or default_run_name(cfg))
     if ckpt is not None:
         load_model_state(run.model, ckpt["model"], run_dir / "last.pt")
     metrics = fit(run, run_dir, params=[p for p in run.model.parameters() if p.requires_grad], optim_cfg=cfg["optim"],
                   sampler_cfg=cfg["sampler"], mixup_alpha=float(cfg["mixup"]["alpha"]), mixup_until=cfg["mixup"]["until_epoch"],
                   stage=1, start_ckpt=ckpt)
     out = finish(run, run_dir, metrics, time.perf_counter() - t0, 1, cfg["optim"]["epochs"])
+    dist.barrier(run.dist)
     return run_dir, out
