@@ -7,6 +7,7 @@
     longtail recipes
     longtail constants [RECIPE] [key=value ...]
     longtail reproduce TABLE [key=value ...]
+    longtail sweep RECIPE [RECIPE ...] --seeds 0 1 2 --jobs 3 [key=value ...]
 
 With no recipe, ``longtail train`` runs the built-in synthetic long-tailed demo on the CPU in
 about a minute. Every config key can be overridden with a dotted ``key=value``.
@@ -38,13 +39,13 @@ def cmd_train(args) -> int:
     from .engine.trainer import shot_table, train
 
     recipe, overrides = _split_items(args.items)
-    if args.quiet:
-        overrides.append("quiet=true")
     if args.resume:
         if recipe or overrides:
             raise LongTailError("--resume continues a run with its saved config; give no recipe or overrides")
-        run_dir, metrics = train({}, resume=Path(args.resume))
+        run_dir, metrics = train({}, resume=Path(args.resume), quiet=args.quiet)
     else:
+        if args.quiet:
+            overrides.append("quiet=true")
         cfg = load_config(recipe, overrides)
         run_dir, metrics = train(cfg)
     print(shot_table(metrics))
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("items", nargs="*", help="RECIPE and key=value overrides")
     c.set_defaults(func=cmd_constants)
 
+    sub.add_parser("sweep", help="several runs (seeds, recipes) as concurrent processes: "
+                                 "RECIPE... --seeds 0 1 2 --jobs 3 [key=value ...]")
+
     rp = sub.add_parser("reproduce", help="run every row of a thesis table and write a markdown table")
     rp.add_argument("table", help="table id, e.g. 5.6, or 'list'")
     rp.add_argument("overrides", nargs="*")
@@ -162,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:  # its own parser (key=value overrides may come anywhere)
+        from .sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

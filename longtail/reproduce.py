@@ -41,7 +41,6 @@ Table 4.2 (METHODS.md lists Table 5.2's 65.68 / 70.70 / 74.81, used for Table 5.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -57,7 +56,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import load_config, parse_override
-from .errors import ConfigError, LongTailError
+from .errors import ConfigError
 
 __all__ = ["Row", "Table", "FigureSpec", "TABLES", "get_table", "plan", "format_markdown", "main"]
 
@@ -718,13 +717,14 @@ def format_markdown(p: Plan, summary: Sequence[dict], wall_s: Optional[float] = 
     if p.data_name != PUBLISHED_DATA:
         lines.append(f"- **Not CIFAR-10-LT**: these runs use data.name={p.data_name}. The thesis column shows the "
                      f"published CIFAR-10-LT numbers for reference only; they are **not comparable** (diff: n/c).")
-    elif changing:
-        lines.append(f"- **Not comparable**: the overrides `{' '.join(changing)}` change the published recipe "
-                     f"(diff: n/c).")
     else:
-        lines.append("- CIFAR-10 note: the copy in shared/data is a JPEG (quality 75) re-encoding of CIFAR-10; "
-                     "pixels differ by a few levels, so accuracies are comparable to, not identical with, the "
-                     "published ones. Measure the CE baseline on the same copy to see the offset.")
+        if changing:
+            lines.append(f"- **Not comparable**: the overrides `{' '.join(changing)}` change the published recipe "
+                         f"(diff: n/c).")
+        lines.append("- CIFAR-10 note: if data.root holds the CIFAR-10 rebuilt from the JPEG copy in shared/data "
+                     "(quality 75; pixels differ from the original release by a few levels), accuracies are "
+                     "comparable to, not identical with, the published ones: measure the CE baseline on the same "
+                     "copy to see the offset.")
     lines.append("")
     for rho in p.rhos:
         lines += [f"## rho = {rho}", "",

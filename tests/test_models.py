@@ -323,9 +323,20 @@ def test_tau_normalize_row_norms_and_independent_computation():
     torch.testing.assert_close(unit, torch.ones(7))
     assert torch.equal(head.weight.detach(), w) and head.bias is not None  # original untouched
     with pytest.raises(ConfigError):
-        tau_normalize(CosineHead(10, 7), 1.0)
-    with pytest.raises(ConfigError):
         tau_normalize(head, -0.5)
+
+
+def test_tau_normalize_cosine_head_ranks_like_the_cosine_head_at_tau_1():
+    torch.manual_seed(0)
+    cos_head = CosineHead(10, 7)
+    with torch.no_grad():
+        cos_head.weight.mul_(torch.linspace(0.5, 3.0, 7)[:, None])  # unequal stored norms
+    f = torch.randn(32, 10)
+    lin = tau_normalize(cos_head, 1.0)
+    assert lin.bias is None
+    assert torch.equal(lin(f).argmax(1), cos_head(f).argmax(1))
+    # tau = 0 scores f . w_j with the raw stored weights
+    torch.testing.assert_close(tau_normalize(cos_head, 0.0)(f), f @ cos_head.weight.detach().T)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ dependencies; a missing one raises ImportError naming the package.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -359,6 +358,10 @@ def plot_feature_norms(run_dirs: Sequence[PathLike], out: PathLike, labels: Opti
         order = _order(c["counts"])
         axes[2].plot(np.arange(len(order)), c["final"][order], color=col, marker="o", ms=3, label=label)
     for ax, which in ((axes[0], "head"), (axes[1], "tail")):
+        vals = np.concatenate([c["norms"][:, c[which]].ravel() for c in curves]) if curves[0][which] else np.array([])
+        vals = vals[np.isfinite(vals) & (vals > 0)]
+        if vals.size and vals.max() / vals.min() > 50:  # early-epoch spikes would flatten the rest
+            ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean feature norm")
         ax.set_title(f"{which} classes", fontsize=9)

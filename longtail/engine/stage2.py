@@ -132,8 +132,11 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
         metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, cfg["eval"]["split"]), run.bundle.class_counts,
                               amp=run.amp_dtype, many=many, few=few)
     elif method == "tau_norm":
-        if cfg["model"]["head"] != "linear":
-            raise ConfigError(f"stage2.method=tau_norm needs a linear head; the stage-1 run has model.head={cfg['model']['head']}")
+        if cfg["model"]["head"] not in ("linear", "cosine"):
+            raise ConfigError(f"stage2.method=tau_norm needs a linear or cosine head; the stage-1 run has "
+                              f"model.head={cfg['model']['head']}")
+        # the tau-normalized head is linear: its logits are used as they are
+        run.loss_fn = build_loss("ce", run.bundle.class_counts).to(run.device)
         if s2["tau"] is not None:
             tau, sel = float(s2["tau"]), "fixed"
         else:

@@ -43,7 +43,7 @@ class MixupSchedule:
 
     def start_epoch(self, steps: int) -> None:
         a = torch.full((steps + 1,), self.alpha, device=self.device)
-        lams = torch.distributions.Beta(a, a).sample()
+        lams = torch.distributions.Beta(a, a, validate_args=False).sample()  # no host-side check
         if self.lams.shape == lams.shape:
             self.lams.copy_(lams)  # keep the address a captured graph reads
         else:
@@ -84,6 +84,7 @@ class TrainStep:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.static: dict[str, Tensor] = {}
         self.graph_shape: Optional[tuple] = None
+        self.warmup_shape: Optional[tuple] = None
         self.eager_steps = 0
         self.graph_failed: Optional[str] = None
 
@@ -135,7 +136,9 @@ class TrainStep:
             self.static["y"].copy_(y)
             self.graph.replay()
             return self.static["loss"].clone()
-        if self.graph is None and self.eager_steps >= self.warmup_steps:
+        if self.warmup_shape is None:
+            self.warmup_shape = shape  # the full batch: the shape worth capturing
+        if self.graph is None and self.eager_steps >= self.warmup_steps and shape == self.warmup_shape:
             try:
                 # The captured step does not update the weights while capturing; replay it
                 # once so that this batch is trained on exactly once.

@@ -312,7 +312,10 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
     no_mix = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=None, cuda_graph=graph) if mix else None
     start = 0
     if start_ckpt is not None:
+        lrs = [g["lr"] for g in optimizer.param_groups]
         optimizer.load_state_dict(start_ckpt["optimizer"])
+        for g, lr0 in zip(optimizer.param_groups, lrs):
+            g["lr"] = lr0  # keep the device lr tensor a captured graph reads (the checkpoint's is on the CPU)
         start = int(start_ckpt["epoch"]) + 1
     log = EpochLog(run_dir, tensorboard=cfg["tensorboard"], truncate_after=start if start_ckpt else None) if main else None
     many, few = cfg["data"]["shot_thresholds"]
@@ -404,12 +407,13 @@ def finish(run: Run, run_dir: Path, metrics: dict, wall: float, stage: int, epoc
     return out
 
 
-def train(cfg: dict, resume: Optional[Path] = None) -> tuple[Path, dict]:
+def train(cfg: dict, resume: Optional[Path] = None, quiet: Optional[bool] = None) -> tuple[Path, dict]:
     """Train stage 1 as configured (the ``longtail train`` command).
 
     Args:
         cfg: A resolved config (:func:`longtail.config.load_config`).
         resume: A run folder to continue; its saved config is used and ``cfg`` ignored.
+        quiet: Override the config's ``quiet`` (the only setting a resumed run may change).
 
     Returns:
         The run folder and the final metrics.
@@ -418,6 +422,8 @@ def train(cfg: dict, resume: Optional[Path] = None) -> tuple[Path, dict]:
     ckpt = None
     if resume is not None:
         run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise CheckpointError(f"{run_dir} is not a longtail run folder (no config.yaml)")
         cfg = load_saved_config(run_dir / "config.yaml")
         ckpt_path = run_dir / "last.pt"
         if ckpt_path.exists():
@@ -426,6 +432,8 @@ def train(cfg: dict, resume: Optional[Path] = None) -> tuple[Path, dict]:
                 raise CheckpointError(f"{ckpt_path} is a stage-{ckpt.get('stage')} checkpoint; resume it with longtail retrain")
         prior = read_log(run_dir)
         t0 -= sum(r.get("seconds", 0.0) for r in prior if ckpt and r.get("epoch", 1 << 30) <= ckpt["epoch"])
+    if quiet is not None:
+        cfg["quiet"] = bool(quiet)
     if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

@@ -175,8 +175,13 @@ def tau_normalize(head: nn.Module, tau: float) -> LinearHead:
     bias learned on long-tailed data carries the very class prior that tau-normalisation is
     meant to remove. ``head`` itself is not modified.
 
+    A :class:`CosineHead` (GCL, Table 5.6) is handled the same way on its stored weights: the
+    result scores ``f . w_j / ||w_j||^tau`` on the *unnormalised* feature ``f``, so ``tau = 1``
+    ranks classes exactly as the cosine head does and ``tau < 1`` lets the weight norms, which a
+    cosine head learns but ignores, re-enter.
+
     Args:
-        head: A trained :class:`LinearHead` or ``nn.Linear``.
+        head: A trained :class:`LinearHead`, ``nn.Linear`` or :class:`CosineHead`.
         tau: Normalisation exponent, a finite number >= 0 (Kang et al. search [0, 1]).
 
     Returns:
@@ -185,15 +190,15 @@ def tau_normalize(head: nn.Module, tau: float) -> LinearHead:
     Raises:
         ConfigError: If ``head`` is not a linear layer or ``tau`` is invalid.
     """
-    if not isinstance(head, nn.Linear):
+    if not isinstance(head, (nn.Linear, CosineHead)):
         raise ConfigError(
-            f"tau_normalize: needs a linear head, got {type(head).__name__} "
-            "(a cosine head is already normalised; unwrap an LWS head first)"
+            f"tau_normalize: needs a linear or cosine head, got {type(head).__name__} (unwrap an LWS head first)"
         )
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
         raise ConfigError(f"tau_normalize: tau must be a finite number >= 0, got {tau!r}")
     weight = head.weight.detach()
-    new = LinearHead(head.in_features, head.out_features, bias=False)
+    num_classes, in_features = weight.shape
+    new = LinearHead(in_features, num_classes, bias=False)
     new = new.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         norms = weight.norm(p=2, dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)

@@ -1,0 +1,654 @@
+#!/usr/bin/env python3
+"""CIFAR-LT on one GPU: the conventional training loop against longtail's fast path.
+
+One invocation, one machine, the same recipe (default ``cifar10_lt/gcl``, CIFAR-10-LT rho 100):
+
+(a) **conventional** -- the loop of the field's reference code, written out plainly below: a
+    ``torch.utils.data.DataLoader`` with worker processes over the CIFAR-10-LT dataset object,
+    PIL transforms (``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` + ``ToTensor`` +
+    ``Normalize``), eager fp32, ``loss.item()`` every step, plain ``torch.optim.SGD``;
+(b) **fast** -- ``longtail.engine.trainer.train`` with the recipe and its defaults: GPU-resident
+    uint8 data augmented on the device (``data.gpu_resident``), bf16 autocast (``amp``),
+    ``channels_last``, fused SGD with a tensor lr (``fused_optimizer``), the whole step captured
+    in a CUDA graph (``cuda_graph``); with ``--compile`` also (b') the same plus ``compile=true``.
+    (a) and (b) report seconds per training epoch (median over ``--timed-epochs`` after
+    ``--warmup-epochs``), images per second, ms per step and the ratio;
+(c) **end to end** -- the full two-stage recipe as a user runs it: ``python -m longtail train
+    RECIPE`` (stage 1, ``--epochs``, default the recipe's 200) then ``python -m longtail retrain``
+    (stage 2: GCL's CBEN sampler + classifier fine-tuning) with their per-epoch evaluation; wall
+    time of the two processes and the final top-1;
+(d) with ``--full-conventional`` (off by default: ~6 minutes on an H200) the same two-stage
+    recipe with the conventional loop, for the accuracy comparison; ``--conventional-epochs N``
+    runs it shortened to N stage-1 epochs (schedule scaled; the table says so).
+
+Results: ``--out benchmarks/results/NAME`` writes ``NAME.json`` (every number, the command line,
+the machine) and ``NAME.md`` (the tables); both are rewritten after every part, so an
+interrupted run keeps what it measured. A part that fails is reported and the others still run
+(exit status 1).
+
+Data: ``--data DIR`` (the folder holding ``cifar-10-batches-py``); when it is not given or not
+there, ``data/`` and ``.cache/cifar10`` are tried, and otherwise CIFAR-10 is rebuilt into
+``.cache/cifar10`` from ``shared/data/cifar10_from_jpeg.py`` (``../shared/data`` or
+``./shared/data``). ``--dataset synthetic`` uses the built-in synthetic set (no files).
+
+CPU smoke test (CI)::
+
+    python benchmarks/bench_cifar.py --device cpu --dataset synthetic --subset 100 \
+        --epochs 1 --timed-epochs 1 --out /tmp/bench_smoke
+
+GPU (the numbers of the issue)::
+
+    python benchmarks/bench_cifar.py --device cuda --compile --out benchmarks/results/h200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import transforms as T  # noqa: E402
+
+from longtail.config import load_config  # noqa: E402
+from longtail.data import build_datasets, build_sampler  # noqa: E402
+from longtail.engine.schedule import lr_at  # noqa: E402
+from longtail.engine.trainer import amp_dtype, evaluate, resolve_device, seed_everything, train  # noqa: E402
+from longtail.losses import build_loss  # noqa: E402
+from longtail.models import build_model  # noqa: E402
+
+CIFAR10_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"]
+EPOCH_KEYS = ("loss.params.drw_epoch", "loss.params.ga_epoch", "mixup.until_epoch")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def cifar10_complete(root: Path) -> bool:
+    return all((Path(root) / "cifar-10-batches-py" / f).is_file() for f in CIFAR10_FILES)
+
+
+def find_or_build_cifar10(data: Optional[str], log: Callable = print) -> Path:
+    """The folder holding ``cifar-10-batches-py``; rebuilt into ``.cache/cifar10`` if needed."""
+    candidates = ([Path(data)] if data else []) + [REPO / "data", REPO / ".cache" / "cifar10"]
+    for c in candidates:
+        if cifar10_complete(c):
+            return c
+    cache = REPO / ".cache" / "cifar10"
+    scripts = [REPO.parent / "shared" / "data" / "cifar10_from_jpeg.py", REPO / "shared" / "data" / "cifar10_from_jpeg.py"]
+    script = next((s for s in scripts if s.is_file()), None)
+    if script is None:
+        raise FileNotFoundError(
+            f"no CIFAR-10 (cifar-10-batches-py) in {', '.join(map(str, candidates))} and no "
+            f"cifar10_from_jpeg.py in {', '.join(str(s.parent) for s in scripts)}; pass --data DIR or use "
+            f"--dataset synthetic")
+    log(f"building CIFAR-10 into {cache} from {script} ...")
+    t0 = time.perf_counter()
+    tmp = cache.parent / f"cifar10.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        subprocess.run([sys.executable, str(script), str(tmp)], check=True)
+        if not cifar10_complete(cache):
+            shutil.rmtree(cache, ignore_errors=True)
+            os.replace(tmp, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not cifar10_complete(cache):
+        raise RuntimeError(f"rebuilding CIFAR-10 into {cache} failed")
+    log(f"built CIFAR-10 in {time.perf_counter() - t0:.1f} s")
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------
+def _get(cfg: dict, dotted: str):
+    cur = cfg
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def schedule_overrides(cfg: dict, epochs: int) -> list[str]:
+    """Overrides that run the recipe for ``epochs`` stage-1 epochs with its schedule scaled.
+
+    Milestones, warm-up and the epoch-valued loss switches (DRW, GA, the end of mixup) keep
+    their place relative to the run's length; nothing changes when ``epochs`` is the recipe's.
+    """
+    e0 = int(cfg["optim"]["epochs"])
+    if epochs == e0:
+        return []
+    f = epochs / e0
+    out = [f"optim.epochs={epochs}",
+           f"optim.warmup_epochs={int(round(cfg['optim']['warmup_epochs'] * f))}",
+           "optim.milestones=[" + ",".join(str(max(1, int(round(m * f)))) for m in cfg["optim"]["milestones"]) + "]"]
+    for key in EPOCH_KEYS:
+        v = _get(cfg, key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out.append(f"{key}={int(round(v * f))}")
+    return out
+
+
+def stage2_epochs(cfg: dict, epochs: int, explicit: Optional[int]) -> int:
+    if explicit is not None:
+        return int(explicit)
+    e0, s2 = int(cfg["optim"]["epochs"]), int(cfg["stage2"]["epochs"])
+    return s2 if epochs == e0 else max(1, int(math.ceil(s2 * epochs / e0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) / (d): the conventional loop, as the field's reference code writes it
+# ---------------------------------------------------------------------------------------------
+class Conventional:
+    """DataLoader + PIL transforms + eager fp32 + ``.item()`` per step + plain SGD."""
+
+    def __init__(self, cfg: dict, device: torch.device, workers: int) -> None:
+        self.cfg, self.device, self.workers = cfg, device, workers
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as the reference code sets it
+        seed_everything(int(cfg["seed"]))
+        self.bundle = build_datasets(cfg["data"])
+        b = self.bundle
+        size = int(b.train.data.shape[1])
+        # The transforms, written out (the dataset's own would be the same): train / test.
+        b.train.transform = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                                       T.Normalize(b.mean, b.std)])
+        b.test.transform = T.Compose([T.ToTensor(), T.Normalize(b.mean, b.std)])
+        m = cfg["model"]
+        self.model = build_model(m["backbone"], m["head"], b.num_classes, head_params=m["head_params"]).to(device)
+        self.targets = np.asarray(b.train.targets)
+
+    def loader(self, sampler_cfg: dict, batch_size: int, epochs: int) -> tuple[DataLoader, object]:
+        sampler = None
+        if sampler_cfg["name"] != "instance":
+            sampler = build_sampler(sampler_cfg["name"], self.targets, self.bundle.num_classes,
+                                    seed=int(self.cfg["seed"]), total_epochs=epochs, **sampler_cfg["params"])
+        loader = DataLoader(self.bundle.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=False,
+                            persistent_workers=self.workers > 0)
+        return loader, sampler
+
+    def train_epoch(self, loader, loss_fn, optimizer, mixup_alpha: float) -> float:
+        model, device = self.model, self.device
+        needs_f = getattr(loss_fn, "needs_features", False)
+        model.train()
+        total, count = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if mixup_alpha > 0:
+                lam = float(np.random.beta(mixup_alpha, mixup_alpha))
+                index = torch.randperm(x.size(0), device=device)
+                out = model(lam * x + (1 - lam) * x[index])
+                f = out.features if needs_f else None
+                loss = lam * loss_fn(out.logits, y, f) + (1 - lam) * loss_fn(out.logits, y[index], f)
+            else:
+                out = model(x)
+                loss = loss_fn(out.logits, y, out.features if needs_f else None)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * x.size(0)  # a host sync per step, as in the reference loop
+            count += x.size(0)
+        return total / max(count, 1)
+
+    def fit(self, params, optim_cfg: dict, loss_fn, sampler_cfg: dict, batch_size: int, mixup_alpha: float,
+            mixup_until: Optional[int], epochs: int, log: Callable = print, tag: str = "") -> list[float]:
+        """Train ``epochs`` epochs; returns the training seconds of each epoch."""
+        optimizer = torch.optim.SGD(params, lr=lr_at(0, optim_cfg), momentum=optim_cfg["momentum"],
+                                    weight_decay=optim_cfg["weight_decay"], nesterov=optim_cfg["nesterov"])
+        loader, sampler = self.loader(sampler_cfg, batch_size, epochs)
+        self.steps_per_epoch, self.images_per_epoch = len(loader), len(loader.dataset) if sampler is None else len(sampler)
+        seconds = []
+        for epoch in range(epochs):
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(epoch, optim_cfg)
+            loss_fn.set_progress(epoch, epochs)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            alpha = mixup_alpha if (mixup_until is None or epoch < mixup_until) else 0.0
+            t0 = time.perf_counter()
+            loss = self.train_epoch(loader, loss_fn, optimizer, alpha)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - t0)
+            if epochs <= 10 or (epoch + 1) % max(1, epochs // 10) == 0 or epoch == epochs - 1:
+                log(f"  [conventional{tag}] epoch {epoch + 1}/{epochs} loss {loss:.4f} {seconds[-1]:.2f} s")
+        del loader  # stops the persistent workers
+        return seconds
+
+    def stage1(self, epochs: Optional[int] = None, log: Callable = print) -> list[float]:
+        cfg = self.cfg
+        epochs = int(cfg["optim"]["epochs"] if epochs is None else epochs)
+        self.loss_fn = build_loss(cfg["loss"]["name"], self.bundle.class_counts, **cfg["loss"]["params"]).to(self.device)
+        return self.fit(self.model.parameters(), cfg["optim"], self.loss_fn, cfg["sampler"], int(cfg["data"]["batch_size"]),
+                        float(cfg["mixup"]["alpha"]), cfg["mixup"]["until_epoch"], epochs, log, " stage 1")
+
+    def stage2(self, log: Callable = print) -> list[float]:
+        """Classifier re-training on the frozen backbone (``stage2.method`` crt or none)."""
+        cfg, s2 = self.cfg, self.cfg["stage2"]
+        if s2["method"] == "none":
+            return []
+        if s2["method"] != "crt" or s2["bn"] != "frozen":
+            raise NotImplementedError(f"the conventional loop re-trains with stage2.method=crt, bn=frozen only "
+                                      f"(got {s2['method']}, {s2['bn']})")
+        self.model.freeze_backbone(bn="frozen")
+        self.loss_fn = build_loss(s2["loss"]["name"], self.bundle.class_counts, **s2["loss"]["params"]).to(self.device)
+        if s2["reinit"]:
+            self.model.reset_head()
+        optim_cfg = {"epochs": s2["epochs"], "lr": s2["lr"], "momentum": cfg["optim"]["momentum"],
+                     "nesterov": cfg["optim"]["nesterov"], "weight_decay": s2["weight_decay"],
+                     "warmup_epochs": s2["warmup_epochs"], "schedule": s2["schedule"], "milestones": [],
+                     "milestone_factors": [], "min_lr": 0.0}
+        params = [p for p in self.model.head.parameters() if p.requires_grad]
+        return self.fit(params, optim_cfg, self.loss_fn, s2["sampler"], int(s2["batch_size"] or cfg["data"]["batch_size"]),
+                        float(s2["mixup_alpha"]), None, int(s2["epochs"]), log, " stage 2")
+
+    def evaluate(self) -> dict:
+        loader = DataLoader(self.bundle.test, batch_size=int(self.cfg["data"]["eval_batch_size"]), shuffle=False,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        batches = ((x.to(self.device), y.to(self.device)) for x, y in loader)
+        many, few = self.cfg["data"]["shot_thresholds"]
+        metrics, _ = evaluate(self.model, self.loss_fn, batches, self.bundle.class_counts, many=many, few=few)
+        return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# the parts
+# ---------------------------------------------------------------------------------------------
+def _timing(seconds: list[float], warmup: int, images: int, steps: int) -> dict:
+    timed = seconds[warmup:] or seconds[-1:]
+    med = statistics.median(timed)
+    return {"epoch_seconds": seconds, "warmup_epochs": warmup, "timed_epochs": len(timed), "seconds_per_epoch": med,
+            "images_per_epoch": images, "steps_per_epoch": steps, "images_per_second": images / med,
+            "ms_per_step": 1000 * med / max(steps, 1), "first_epoch_seconds": seconds[0]}
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gb(device: torch.device) -> Optional[float]:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
+def part_conventional(args, base: list[str], device: torch.device, log: Callable) -> dict:
+    cfg = load_config(args.recipe, base)
+    _reset_peak(device)
+    conv = Conventional(cfg, device, args.workers)
+    seconds = conv.stage1(args.warmup_epochs + args.timed_epochs, log=log)
+    out = _timing(seconds, args.warmup_epochs, conv.images_per_epoch, conv.steps_per_epoch)
+    out.update({"workers": args.workers, "peak_gpu_memory_gb": _peak_gb(device)})
+    del conv
+    return out
+
+
+def part_fast(args, base: list[str], device: torch.device, workdir: Path, log: Callable, compile_: bool) -> dict:
+    epochs = args.warmup_epochs + args.timed_epochs
+    name = "fast-compile" if compile_ else "fast"
+    over = base + [f"optim.epochs={epochs}", "eval.every=1000000", f"output_dir={workdir}", f"name={name}",
+                   "quiet=true", "tensorboard=false", f"compile={'true' if compile_ else 'false'}"]
+    cfg = load_config(args.recipe, over)
+    _reset_peak(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_dir, metrics = train(cfg)
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    seconds = [r["train_seconds"] for r in rows]
+    images = int(round(rows[-1]["images_per_second"] * rows[-1]["train_seconds"]))
+    steps = -(-images // int(cfg["data"]["batch_size"]))
+    out = _timing(seconds, args.warmup_epochs, images, steps)
+    graph_msgs = [str(w.message) for w in caught if "CUDA graph" in str(w.message)]
+    out.update({"config": resolved_switches(cfg, device), "graph_warnings": graph_msgs, "run_dir": str(run_dir),
+                "peak_gpu_memory_gb": _peak_gb(device)})
+    for w in graph_msgs:
+        log(f"  warning: {w}")
+    return out
+
+
+def resolved_switches(cfg: dict, device: torch.device) -> dict:
+    """What the fast-path switches (``auto`` by default) resolve to on ``device``."""
+    cuda = device.type == "cuda"
+
+    def auto(v, default):
+        return default if v == "auto" else bool(v)
+
+    dt = amp_dtype(cfg, device)
+    return {"amp": str(dt).replace("torch.", "") if dt is not None else "none",
+            "channels_last": auto(cfg["channels_last"], cuda),
+            "cuda_graph": auto(cfg["cuda_graph"], cuda) and cuda,
+            "compile": bool(cfg["compile"]),
+            "fused_optimizer": (auto(cfg["fused_optimizer"], cuda) or auto(cfg["cuda_graph"], cuda)) and cuda,
+            "data.gpu_resident": auto(cfg["data"]["gpu_resident"], True)}
+
+
+def fast_label(d: dict) -> str:
+    c = d.get("config", {})
+    parts = ["device-resident data" if c.get("data.gpu_resident") else "DataLoader",
+             c.get("amp") if c.get("amp") != "none" else "fp32"]
+    parts += [name for key, name in (("channels_last", "channels_last"), ("fused_optimizer", "fused SGD"),
+                                     ("cuda_graph", "CUDA graph"), ("compile", "torch.compile")) if c.get(key)]
+    return ", ".join(parts)
+
+
+def _run_logged(argv: list[str], logfile: Path, env: dict) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    with open(logfile, "w") as fh:
+        fh.write(f"$ {shlex.join(argv)}\n")
+        fh.flush()
+        rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+    return rc, time.perf_counter() - t0
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def part_e2e(args, base: list[str], device: torch.device, workdir: Path, log: Callable) -> dict:
+    """(c): ``python -m longtail train RECIPE`` then ``python -m longtail retrain RUN``."""
+    cfg0 = load_config(args.recipe, base)
+    over = base + schedule_overrides(cfg0, args.epochs)
+    e2 = stage2_epochs(cfg0, args.epochs, args.stage2_epochs)
+    name = f"e2e-{args.recipe.replace('/', '-')}-seed{args.seed}"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    s1 = [sys.executable, "-m", "longtail", "train", args.recipe] + over + [
+        f"output_dir={workdir}", f"name={name}", "tensorboard=false", "--quiet"]
+    s2 = [sys.executable, "-m", "longtail", "retrain", str(workdir / name), f"name={name}-stage2",
+          f"stage2.epochs={e2}", "--quiet"]
+    out: dict = {"stage1_epochs": args.epochs, "stage2_epochs": e2, "stage1_command": shlex.join(s1),
+                 "stage2_command": shlex.join(s2), "schedule_overrides": schedule_overrides(cfg0, args.epochs)}
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"  $ {shlex.join(s1)}")
+    rc, t1 = _run_logged(s1, workdir / f"{name}.log", env)
+    out.update({"stage1_rc": rc, "stage1_wall_s": t1, "stage1_log": str(workdir / f"{name}.log")})
+    if rc != 0:
+        raise RuntimeError(f"stage 1 failed (exit {rc}); log {workdir / f'{name}.log'}:\n{_tail(workdir / f'{name}.log')}")
+    m1 = json.loads((workdir / name / "metrics.json").read_text())
+    out.update({"stage1_top1": m1["top1"], "stage1_many": m1.get("many"), "stage1_medium": m1.get("medium"),
+                "stage1_few": m1.get("few"), "stage1_run_wall_s": m1.get("wall_time_s")})
+    log(f"  stage 1: {t1:.1f} s, top-1 {m1['top1']:.2f}")
+    log(f"  $ {shlex.join(s2)}")
+    rc, t2 = _run_logged(s2, workdir / f"{name}-stage2.log", env)
+    out.update({"stage2_rc": rc, "stage2_wall_s": t2, "stage2_log": str(workdir / f"{name}-stage2.log")})
+    if rc != 0:
+        raise RuntimeError(f"stage 2 failed (exit {rc}); log {workdir / f'{name}-stage2.log'}:\n"
+                           f"{_tail(workdir / f'{name}-stage2.log')}")
+    m2 = json.loads((workdir / f"{name}-stage2" / "metrics.json").read_text())
+    out.update({"top1": m2["top1"], "many": m2.get("many"), "medium": m2.get("medium"), "few": m2.get("few"),
+                "stage2_run_wall_s": m2.get("wall_time_s"), "wall_s": t1 + t2,
+                "run_wall_s": (m1.get("wall_time_s") or 0) + (m2.get("wall_time_s") or 0)})
+    log(f"  stage 2: {t2:.1f} s, top-1 {m2['top1']:.2f}; total {t1 + t2:.1f} s")
+    return out
+
+
+def part_conventional_e2e(args, base: list[str], device: torch.device, epochs: int, log: Callable) -> dict:
+    """(d): the same two-stage recipe with the conventional loop."""
+    cfg0 = load_config(args.recipe, base)
+    e2 = stage2_epochs(cfg0, epochs, args.stage2_epochs)
+    cfg = load_config(args.recipe, base + schedule_overrides(cfg0, epochs) + [f"stage2.epochs={e2}"])
+    t0 = time.perf_counter()
+    conv = Conventional(cfg, device, args.workers)
+    s1 = conv.stage1(log=log)
+    m1 = conv.evaluate()
+    t1 = time.perf_counter() - t0
+    log(f"  stage 1: {t1:.1f} s, top-1 {m1['top1']:.2f}")
+    s2 = conv.stage2(log=log)
+    m2 = conv.evaluate()
+    wall = time.perf_counter() - t0
+    log(f"  stage 2: {wall - t1:.1f} s, top-1 {m2['top1']:.2f}; total {wall:.1f} s")
+    return {"stage1_epochs": epochs, "stage2_epochs": e2, "shortened": epochs != int(cfg0["optim"]["epochs"]),
+            "stage1_wall_s": t1, "stage2_wall_s": wall - t1, "wall_s": wall, "stage1_top1": m1["top1"],
+            "top1": m2["top1"], "many": m2.get("many"), "medium": m2.get("medium"), "few": m2.get("few"),
+            "stage1_train_seconds": sum(s1), "stage2_train_seconds": sum(s2), "workers": args.workers}
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+def machine_info(device: torch.device) -> dict:
+    import torchvision
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
+            "device": str(device)}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        info["cpu"] = platform.processor() or None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update({"gpu": torch.cuda.get_device_name(device), "gpu_count": torch.cuda.device_count(),
+                     "gpu_memory_gb": round(props.total_memory / 2**30, 1),
+                     "cudnn": torch.backends.cudnn.version(), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                     "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32})
+    return info
+
+
+def _f(v, fmt="{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def markdown(report: dict) -> str:
+    r, m, s = report["results"], report["machine"], report["settings"]
+    where = m.get("gpu") or m.get("cpu") or "CPU"
+    lines = [f"# CIFAR-LT one-GPU benchmark: `{s['recipe']}` on {s['dataset']}", "",
+             f"- command: `{report['command']}`",
+             f"- machine: {where} ({m['device']}); torch {m['torch']}, torchvision {m['torchvision']}, "
+             f"CUDA {m.get('cuda')}, cuDNN {m.get('cudnn', '-')}; {m['cpu_count']} CPUs ({m.get('cpu')})",
+             f"- date: {report['date']}; data: {s['data']}", ""]
+    conv, fast, comp = r.get("conventional"), r.get("fast"), r.get("fast_compile")
+    lines += [f"## Training throughput (seconds per epoch: median of {s['timed_epochs']} epochs after "
+              f"{s['warmup_epochs']} warm-up)", "",
+              "| path | s/epoch | images/s | ms/step | first epoch s | speed-up |", "|---|---|---|---|---|---|"]
+    base = conv["seconds_per_epoch"] if conv else None
+
+    def row(label, d):
+        if not d:
+            return
+        ratio = f"{base / d['seconds_per_epoch']:.2f}x" if base else "-"
+        lines.append(f"| {label} | {d['seconds_per_epoch']:.3f} | {d['images_per_second']:,.0f} | {d['ms_per_step']:.2f} "
+                     f"| {d['first_epoch_seconds']:.2f} | {ratio} |")
+
+    row(f"(a) conventional: DataLoader ({s['workers']} workers) + PIL, fp32, `.item()` per step, SGD", conv)
+    if fast:
+        row(f"(b) longtail: {fast_label(fast)}", fast)
+    if comp:
+        row(f"(b') longtail: {fast_label(comp)}", comp)
+    for key in ("fast", "fast_compile"):
+        d = r.get(key)
+        if d and d.get("graph_warnings"):
+            lines.append(f"\n{key}: " + "; ".join(d["graph_warnings"]))
+    e2e, ce2e = r.get("e2e"), r.get("conventional_e2e")
+    lines += ["", "## End to end: two-stage recipe (stage 1 + `retrain` stage 2 + evaluation every epoch)", "",
+              "| path | stage-1 epochs | stage-2 epochs | stage 1 s | stage 2 s | total s | stage-1 top-1 | final top-1 | many | medium | few |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if e2e:
+        lines.append(f"| (c) longtail (`longtail train` + `longtail retrain`, wall of the processes) | {e2e['stage1_epochs']} | "
+                     f"{e2e['stage2_epochs']} | {e2e['stage1_wall_s']:.1f} | {_f(e2e.get('stage2_wall_s'), '{:.1f}')} | "
+                     f"{_f(e2e.get('wall_s'), '{:.1f}')} | {e2e['stage1_top1']:.2f} | {_f(e2e.get('top1'), '{:.2f}')} | "
+                     f"{_f(e2e.get('many'), '{:.2f}')} | {_f(e2e.get('medium'), '{:.2f}')} | {_f(e2e.get('few'), '{:.2f}')} |")
+    if ce2e:
+        note = " (shortened schedule)" if ce2e["shortened"] else ""
+        if e2e and ce2e["stage1_epochs"] != e2e["stage1_epochs"]:
+            note += " (other length than (c): top-1 not comparable)"
+        lines.append(f"| (d) conventional loop{note} | {ce2e['stage1_epochs']} | {ce2e['stage2_epochs']} | "
+                     f"{ce2e['stage1_wall_s']:.1f} | {ce2e['stage2_wall_s']:.1f} | {ce2e['wall_s']:.1f} | "
+                     f"{ce2e['stage1_top1']:.2f} | {ce2e['top1']:.2f} | {_f(ce2e.get('many'), '{:.2f}')} | "
+                     f"{_f(ce2e.get('medium'), '{:.2f}')} | {_f(ce2e.get('few'), '{:.2f}')} |")
+    elif e2e:
+        lines.append("| (d) conventional loop | not run (`--full-conventional` or `--conventional-epochs N`) | | | | | | | | | |")
+    if e2e and e2e.get("schedule_overrides"):
+        lines.append(f"\nshortened schedule: `{' '.join(e2e['schedule_overrides'])}`, stage2.epochs={e2e['stage2_epochs']}")
+    if report["errors"]:
+        lines += ["", "## Failed parts", ""] + [f"- {e['part']}: {e['error'].splitlines()[0] if e['error'] else ''}"
+                                                 for e in report["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def short_table(report: dict) -> str:
+    r = report["results"]
+    out = []
+    conv = r.get("conventional")
+    for key, label in (("conventional", "(a) conventional"), ("fast", "(b) fast"), ("fast_compile", "(b') fast+compile")):
+        d = r.get(key)
+        if d:
+            ratio = f"  x{conv['seconds_per_epoch'] / d['seconds_per_epoch']:.2f}" if conv else ""
+            out.append(f"{label:20s} {d['seconds_per_epoch']:8.3f} s/epoch {d['images_per_second']:10,.0f} img/s"
+                       f" {d['ms_per_step']:7.2f} ms/step{ratio}")
+    for key, label in (("e2e", "(c) end to end"), ("conventional_e2e", "(d) conventional e2e")):
+        d = r.get(key)
+        if d and d.get("wall_s") is not None:
+            out.append(f"{label:20s} {d['wall_s']:8.1f} s total ({d['stage1_epochs']}+{d['stage2_epochs']} epochs)"
+                       f" top-1 {d['top1']:.2f} (stage 1 {d['stage1_top1']:.2f})")
+    for e in report["errors"]:
+        out.append(f"FAILED {e['part']}: {e['error'].splitlines()[0] if e['error'] else ''}")
+    return "\n".join(out)
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    os.replace(tmp, out.with_suffix(".json"))
+    out.with_suffix(".md").write_text(markdown(report))
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every part")
+    p.add_argument("--recipe", default="cifar10_lt/gcl", help="recipe (default cifar10_lt/gcl: two stages)")
+    p.add_argument("--dataset", choices=["cifar10_lt", "synthetic"], default="cifar10_lt")
+    p.add_argument("--data", help="folder holding cifar-10-batches-py (default: data/ or .cache/cifar10, built "
+                                  "from shared/data if missing)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="stage-1 epochs of the end-to-end runs (c)/(d) (default: the recipe's, 200); fewer scale the "
+                        "schedule, and stage 2 proportionally")
+    p.add_argument("--stage2-epochs", type=int, default=None, help="stage-2 epochs of (c)/(d) (default: see --epochs)")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="untimed epochs before the timed ones in (a)/(b)")
+    p.add_argument("--timed-epochs", type=int, default=3, help="timed epochs of (a)/(b) (median reported)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers of (a)/(d)")
+    p.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="head-class size n_max (data.params.n_max): a smaller long-tailed training set "
+                        "(with rho = 100, N >= 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="also time the fast path with compile=true (b')")
+    p.add_argument("--full-conventional", action="store_true",
+                   help="(d): the whole two-stage recipe with the conventional loop (long)")
+    p.add_argument("--conventional-epochs", type=int, default=None, metavar="N",
+                   help="(d) with N stage-1 epochs (schedule scaled; reported as shortened)")
+    p.add_argument("--skip-conventional", action="store_true", help="skip (a)")
+    p.add_argument("--skip-fast", action="store_true", help="skip (b)")
+    p.add_argument("--skip-e2e", action="store_true", help="skip (c)")
+    p.add_argument("--out", default=None, help="results path without suffix (NAME.json and NAME.md are written); "
+                                               "default benchmarks/results/bench_cifar-<device>-<time>")
+    p.add_argument("--workdir", default=None, help="run folders and logs (default .cache/bench_cifar/<time>)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    device = resolve_device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"bench_cifar-{device.type}-{stamp}"
+    if out.suffix in (".json", ".md"):
+        out = out.with_suffix("")
+    workdir = (Path(args.workdir) if args.workdir else REPO / ".cache" / "bench_cifar" / stamp).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    base = [f"device={device}", f"seed={args.seed}"]
+    data_desc = args.dataset
+    if args.dataset == "synthetic":
+        base.append("data.name=synthetic")
+    else:
+        root = find_or_build_cifar10(args.data, log).resolve()
+        base += ["data.name=cifar10_lt", f"data.root={root}"]
+        data_desc = f"CIFAR-10-LT from {root}"
+    if args.subset is not None:
+        base.append(f"data.params.n_max={args.subset}")
+        data_desc += f", n_max={args.subset}"
+    base += list(args.overrides)
+    cfg0 = load_config(args.recipe, base)  # fails here, before any part, on a bad override
+    rho = cfg0["data"]["imbalance_ratio"]
+    data_desc += f", rho={rho:g}"
+    if args.epochs is None:
+        args.epochs = int(cfg0["optim"]["epochs"])
+    conv_epochs = args.epochs if args.full_conventional else args.conventional_epochs
+
+    report = {"command": shlex.join([Path(sys.executable).name, os.path.relpath(__file__, os.getcwd())] + sys.argv[1:]
+                                     if argv is None else ["bench_cifar.py"] + list(argv)),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(device),
+              "settings": {"recipe": args.recipe, "dataset": args.dataset, "data": data_desc, "device": str(device),
+                           "epochs": args.epochs, "warmup_epochs": args.warmup_epochs, "timed_epochs": args.timed_epochs,
+                           "workers": args.workers, "subset": args.subset, "seed": args.seed,
+                           "overrides": base, "workdir": str(workdir), "conventional_e2e_epochs": conv_epochs},
+              "results": {}, "errors": []}
+    log(f"bench_cifar: {args.recipe} on {data_desc}, device {device} "
+        f"({report['machine'].get('gpu') or report['machine'].get('cpu')}); results -> {out}.json/.md")
+
+    parts: list[tuple[str, str, Callable[[], dict]]] = []
+    if not args.skip_conventional:
+        parts.append(("conventional", "(a) conventional loop", lambda: part_conventional(args, base, device, log)))
+    if not args.skip_fast:
+        parts.append(("fast", "(b) longtail fast path", lambda: part_fast(args, base, device, workdir / "fast", log, False)))
+    if not args.skip_e2e:
+        parts.append(("e2e", f"(c) end to end, {args.epochs} + stage-2 epochs",
+                      lambda: part_e2e(args, base, device, workdir / "e2e", log)))
+    if args.compile:  # after (c): its compilation time must not cost (c) its place in a time budget
+        parts.append(("fast_compile", "(b') longtail fast path + torch.compile",
+                      lambda: part_fast(args, base, device, workdir / "fast", log, True)))
+    if conv_epochs:
+        parts.append(("conventional_e2e", f"(d) conventional two-stage recipe, {conv_epochs} stage-1 epochs",
+                      lambda: part_conventional_e2e(args, base, device, conv_epochs, log)))
+    for key, title, fn in parts:
+        log(f"== {title}")
+        t0 = time.perf_counter()
+        try:
+            report["results"][key] = fn()
+            report["results"][key]["part_wall_s"] = time.perf_counter() - t0
+        except Exception as err:  # report, keep going
+            tb = traceback.format_exc()
+            log(f"FAILED {title}: {type(err).__name__}: {err}\n{tb}")
+            report["errors"].append({"part": key, "error": f"{type(err).__name__}: {err}", "traceback": tb})
+        write_report(report, out)
+    log("\n" + short_table(report))
+    log(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

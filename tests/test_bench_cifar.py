@@ -1,0 +1,58 @@
+"""CPU smoke test of ``benchmarks/bench_cifar.py`` (every part, tiny synthetic settings)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_cifar", REPO / "benchmarks" / "bench_cifar.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_schedule_overrides_scale_the_recipe():
+    bench = _load()
+    from longtail.config import load_config
+
+    cfg = load_config("cifar10_lt/ldam_drw")
+    assert bench.schedule_overrides(cfg, 200) == []
+    over = bench.schedule_overrides(cfg, 20)
+    assert over == ["optim.epochs=20", "optim.warmup_epochs=0", "optim.milestones=[16,18]", "loss.params.drw_epoch=16"]
+    gcl = load_config("cifar10_lt/gcl")
+    assert bench.stage2_epochs(gcl, 200, None) == 30 and bench.stage2_epochs(gcl, 20, None) == 3
+    assert bench.stage2_epochs(gcl, 20, 7) == 7
+
+
+@pytest.mark.slow
+def test_bench_cifar_cpu_smoke(tmp_path):
+    bench = _load()
+    out = tmp_path / "results" / "smoke.json"
+    rc = bench.main(["--device", "cpu", "--dataset", "synthetic", "--subset", "100", "--epochs", "1",
+                     "--timed-epochs", "1", "--workers", "1", "--conventional-epochs", "1",
+                     "--out", str(out), "--workdir", str(tmp_path / "work"), "data.params.test_per_class=10"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    res = report["results"]
+    assert not report["errors"]
+    assert set(res) == {"conventional", "fast", "e2e", "conventional_e2e"}
+    for key in ("conventional", "fast"):
+        d = res[key]
+        assert d["timed_epochs"] == 1 and len(d["epoch_seconds"]) == 2 and d["seconds_per_epoch"] > 0
+        assert d["images_per_epoch"] == res["conventional"]["images_per_epoch"] > 0  # the same data
+        assert d["steps_per_epoch"] == -(-d["images_per_epoch"] // 128)
+    assert res["fast"]["config"]["cuda_graph"] is False and res["fast"]["config"]["data.gpu_resident"] is True
+    e2e = res["e2e"]
+    assert e2e["stage1_rc"] == 0 and e2e["stage2_rc"] == 0 and e2e["stage1_epochs"] == 1 and e2e["stage2_epochs"] == 1
+    assert 0 <= e2e["top1"] <= 100 and e2e["wall_s"] > 0
+    assert Path(e2e["stage1_log"]).is_file()
+    assert 0 <= res["conventional_e2e"]["top1"] <= 100
+    md = out.with_suffix(".md").read_text()
+    assert report["command"] in md and "(a) conventional" in md and "(c) longtail" in md and "(d) conventional" in md
+    assert report["machine"]["torch"] and report["machine"]["cpu_count"]

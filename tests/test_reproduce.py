@@ -1,0 +1,311 @@
+"""``longtail reproduce``: the table registry, the planned commands and one tiny real run."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from longtail.config import load_config, recipe_path
+from longtail.errors import ConfigError
+from longtail.reproduce import TABLES, comparability, format_list, get_table, main, plan
+
+# Published CIFAR-10-LT top-1 (%) as printed in each thesis table (Tables 3.2 / 3.4 print the
+# error; 100 - error here). Written out by hand from thesis.txt / docs/METHODS.md.
+EXPECTED = {
+    "3.2": {"CE": {100: 70.36, 50: 75.22},
+            "LDAM-DRW": {100: 77.03, 50: 81.03},
+            "KPS (with GA)": {100: 81.23, 50: 84.59}},
+    "3.4": {"KPS w/o GA and DRW": {100: 80.15, 50: 83.60},
+            "KPS-DRW": {100: 80.91, 50: 83.89},
+            "KPS-GA": {100: 81.23, 50: 84.59}},
+    "4.2": {"CE": {100: 71.07, 50: 75.31},
+            "LDAM-DRW": {100: 77.03, 50: 81.03},
+            "FBL": {100: 82.46, 50: 84.30}},
+    "4.4": {"Linear decrease": {100: 75.97}, "Linear increase": {100: 81.67}, "Sine increase": {100: 81.22},
+            "Cosine increase": {100: 80.79}, "Parabolic increase": {100: 82.46}},
+    "5.2": {"CE": {200: 65.68, 100: 70.70, 50: 74.81},
+            "CE + mixup": {200: 65.84, 100: 72.96, 50: 79.48},
+            "LDAM-DRW": {200: 73.52, 100: 77.03, 50: 81.03},
+            "CE + mixup + cRT": {200: 73.06, 100: 79.15, 50: 84.21},
+            "GCL (CBEN + cRT)": {200: 79.03, 100: 82.68, 50: 85.46}},
+    "5.4": {"Cosine": {100: 79.21}, "Power difference (exp. 1/3)": {100: 80.80},
+            "Power difference (exp. 1/4)": {100: 82.31}, "Logarithm difference": {100: 82.68}},
+    "5.5": {"Instance balance + cRT": {100: 80.41}, "Class balance + cRT": {100: 82.43},
+            "Effective number + cRT": {100: 82.47}, "CBEN + cRT": {100: 82.68}},
+    "5.6": {"w/o re-training": {100: 80.52}, "CBEN + LWS": {100: 82.25},
+            "CBEN + tau-normalization": {100: 82.16}, "CBEN + cRT": {100: 82.68}},
+}
+
+# docs/METHODS.md, "Published numbers to reproduce" (table + ablation line), per (table, row).
+METHODS_MD = {
+    ("5.2", "CE"): {200: 65.68, 100: 70.70, 50: 74.81},
+    ("5.2", "CE + mixup"): {200: 65.84, 100: 72.96, 50: 79.48},
+    ("5.2", "LDAM-DRW"): {200: 73.52, 100: 77.03, 50: 81.03},
+    ("3.2", "LDAM-DRW"): {100: 77.03, 50: 81.03},
+    ("4.2", "LDAM-DRW"): {100: 77.03, 50: 81.03},
+    ("5.2", "CE + mixup + cRT"): {200: 73.06, 100: 79.15, 50: 84.21},
+    ("3.2", "KPS (with GA)"): {100: 81.23, 50: 84.59},
+    ("3.4", "KPS-GA"): {100: 81.23},
+    ("4.2", "FBL"): {100: 82.46, 50: 84.30},
+    ("5.2", "GCL (CBEN + cRT)"): {200: 79.03, 100: 82.68, 50: 85.46},
+    ("3.4", "KPS w/o GA and DRW"): {100: 80.15},
+    ("3.4", "KPS-DRW"): {100: 80.91},
+    ("4.4", "Linear decrease"): {100: 75.97},
+    ("4.4", "Linear increase"): {100: 81.67},
+    ("4.4", "Sine increase"): {100: 81.22},
+    ("4.4", "Cosine increase"): {100: 80.79},
+    ("4.4", "Parabolic increase"): {100: 82.46},
+    ("5.4", "Logarithm difference"): {100: 82.68},
+    ("5.6", "w/o re-training"): {100: 80.52},
+    ("5.6", "CBEN + LWS"): {100: 82.25},
+    ("5.6", "CBEN + tau-normalization"): {100: 82.16},
+    ("5.6", "CBEN + cRT"): {100: 82.68},
+    ("5.5", "Instance balance + cRT"): {100: 80.41},
+    ("5.5", "Class balance + cRT"): {100: 82.43},
+    ("5.5", "Effective number + cRT"): {100: 82.47},
+    ("5.5", "CBEN + cRT"): {100: 82.68},
+}
+
+SYN = ["data.name=synthetic", "optim.epochs=1", "stage2.epochs=1", "data.params.n_max=100",
+       "data.params.test_per_class=10", "data.params.image_size=16", "tensorboard=false"]
+
+
+def _args(table, out, overrides=(), seeds=(0,), rho=None, dry_run=False, jobs=1):
+    return argparse.Namespace(table=table, overrides=list(overrides), seeds=list(seeds), rho=rho, out=str(out),
+                              jobs=jobs, dry_run=dry_run)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------
+def test_registry_has_the_tables_and_rows():
+    assert set(TABLES) == set(EXPECTED)
+    for tid, rows in EXPECTED.items():
+        assert [r.label for r in TABLES[tid].rows] == list(rows), tid
+
+
+@pytest.mark.parametrize("tid", sorted(EXPECTED))
+def test_published_numbers_match_the_thesis(tid):
+    for row in TABLES[tid].rows:
+        assert dict(row.published) == EXPECTED[tid][row.label], (tid, row.label)
+
+
+def test_published_numbers_match_methods_md_where_it_lists_them():
+    for (tid, label), numbers in METHODS_MD.items():
+        pub = TABLES[tid].row(label).published
+        for rho, value in numbers.items():
+            assert pub[rho] == value, (tid, label, rho)
+    # The chapter-specific CE baselines are the thesis tables' own (METHODS.md lists Table 5.2's).
+    assert TABLES["3.2"].row("CE").published == {100: 70.36, 50: 75.22}
+    assert TABLES["4.2"].row("CE").published == {100: 71.07, 50: 75.31}
+
+
+def test_rhos_are_the_reported_ones():
+    assert TABLES["5.2"].rhos == [200, 100, 50]
+    assert TABLES["3.2"].rhos == [100, 50]
+    assert TABLES["3.4"].rhos == [100, 50]
+    assert TABLES["4.2"].rhos == [100, 50]
+    for tid in ("4.4", "5.4", "5.5", "5.6"):
+        assert TABLES[tid].rhos == [100]
+
+
+@pytest.mark.parametrize("tid", sorted(EXPECTED))
+def test_every_recipe_exists_and_every_config_resolves(tid):
+    table = TABLES[tid]
+    for row in table.rows:
+        assert recipe_path(row.recipe).is_file()
+        cfg = load_config(row.recipe, list(table.overrides) + list(row.overrides) + ["data.imbalance_ratio=100"])
+        assert cfg["data"]["name"] == "cifar10_lt" and cfg["model"]["backbone"] == "resnet32"
+        if row.two_stage:
+            cfg2 = load_config(base=cfg, overrides=list(row.stage2))
+            assert cfg2["stage2"]["method"] in ("crt", "lws", "tau_norm", "none")
+
+
+def test_two_stage_rows():
+    for tid in ("5.4", "5.5", "5.6"):
+        assert all(r.two_stage for r in TABLES[tid].rows)
+    assert all(r.recipe == "cifar10_lt/gcl" for t in ("5.5", "5.6") for r in TABLES[t].rows)
+    assert [r.two_stage for r in TABLES["5.2"].rows] == [False, False, False, True, True]
+    methods = [load_config(base=load_config("cifar10_lt/gcl"), overrides=list(r.stage2))["stage2"]["method"]
+               for r in TABLES["5.6"].rows]
+    assert methods == ["none", "lws", "tau_norm", "crt"]
+    samplers = [load_config(base=load_config("cifar10_lt/gcl"), overrides=list(r.stage2))["stage2"]["sampler"]["name"]
+                for r in TABLES["5.5"].rows]
+    assert samplers == ["instance", "class_balanced", "effective_number", "cben"]
+    # KPS chapter: batch 64 (Table 3.1)
+    for tid in ("3.2", "3.4"):
+        assert "data.batch_size=64" in TABLES[tid].overrides
+
+
+def test_get_table_and_list(capsys):
+    assert get_table("table_5.6") is TABLES["5.6"]
+    with pytest.raises(ConfigError, match="unknown table"):
+        get_table("9.9")
+    text = format_list()
+    for tid in TABLES:
+        assert f"Table {tid}:" in text
+    assert main(_args("list", "unused")) == 0
+    assert "Table 5.5:" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning and dry runs
+# ---------------------------------------------------------------------------------------------
+def test_stage1_runs_are_shared_within_and_across_tables(tmp_path):
+    p56 = plan(TABLES["5.6"], [0, 1], None, SYN, tmp_path)
+    s1 = [j for j in p56.jobs if j.stage == 1]
+    s2 = [j for j in p56.jobs if j.stage == 2]
+    assert len(s1) == 2 and len(s2) == 8  # one stage-1 run per seed, four re-trainings each
+    assert {j.depends for j in s2} == {j.run_dir for j in s1}
+    assert all(d.parent.name == "synthetic-rho100" for d in [j.run_dir for j in p56.jobs])
+    p55 = plan(TABLES["5.5"], [0, 1], None, SYN, tmp_path)
+    assert [j.run_dir for j in p55.jobs if j.stage == 1] == [j.run_dir for j in s1]
+    # CBEN + cRT is the same stage-2 run in Tables 5.5 and 5.6 (and the GCL row of 5.2 / log row of 5.4)
+    assert p55.cells[(100, 3)] == p56.cells[(100, 3)]
+    p52 = plan(TABLES["5.2"], [0, 1], [100], SYN, tmp_path)
+    assert p52.cells[(100, 4)] == p56.cells[(100, 3)]
+    p54 = plan(TABLES["5.4"], [0, 1], None, SYN, tmp_path)
+    assert p54.cells[(100, 3)] == p56.cells[(100, 3)]
+    # a different stage-2 schedule re-uses the same stage-1 runs
+    p56b = plan(TABLES["5.6"], [0, 1], None, [o for o in SYN if not o.startswith("stage2")] + ["stage2.epochs=2"],
+                tmp_path)
+    assert [j.run_dir for j in p56b.jobs if j.stage == 1] == [j.run_dir for j in s1]
+    assert p56b.cells[(100, 3)] != p56.cells[(100, 3)]
+
+
+def test_dry_run_prints_the_commands_and_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_args("5.6", out, SYN, seeds=[0, 1, 2], dry_run=True)) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("python -m longtail")]
+    train = [l for l in lines if l.startswith("python -m longtail train ")]
+    retrain = [l for l in lines if l.startswith("python -m longtail retrain ")]
+    assert len(train) == 3 and len(retrain) == 12
+    assert all("quiet=true" in l for l in lines)
+    assert all("stage2.epochs" not in l for l in train)  # stage-2 overrides go to retrain only
+    assert all("data.name=synthetic" in l and "data.imbalance_ratio=100" in l for l in train)
+    for seed in (0, 1, 2):
+        assert sum(f"seed={seed} " in l for l in train) == 1
+    stage1_dirs = {re.search(r"retrain (\S+)", l).group(1) for l in retrain}
+    assert len(stage1_dirs) == 3
+    for method in ("none", "lws", "tau_norm", "crt"):
+        assert sum(f"stage2.method={method} " in l for l in retrain) == 3
+    assert not out.exists()
+
+
+def test_table_wide_and_scaled_overrides(tmp_path):
+    p = plan(TABLES["3.4"], [0], [100], ["data.name=synthetic", "optim.epochs=8"], tmp_path)
+    argv = {j.argv[1]: " ".join(j.argv) for j in p.jobs}
+    for recipe, cmd in argv.items():
+        assert "data.batch_size=64" in cmd and "optim.milestones=[6,7]" in cmd and "optim.warmup_epochs=0" in cmd
+    assert "loss.params.ga_epoch=5" in argv["cifar10_lt/kps_ga"]
+    assert "loss.params.drw_epoch=6" in argv["cifar10_lt/kps_drw"]
+    assert "ga_epoch" not in argv["cifar10_lt/kps"]
+    # an explicit value is kept, not scaled; one epoch still switches GA on in its last epoch
+    p = plan(TABLES["3.4"], [0], [100], ["optim.epochs=1", "optim.milestones=[3,5]"], tmp_path)
+    cmd = " ".join(next(j.argv for j in p.jobs if j.argv[1] == "cifar10_lt/kps_ga"))
+    assert "loss.params.ga_epoch=0" in cmd and cmd.count("optim.milestones") == 1
+    # the published schedule is untouched without an epochs override
+    p = plan(TABLES["3.4"], [0], [100], [], tmp_path)
+    assert all("milestones" not in " ".join(j.argv) for j in p.jobs)
+
+
+def test_bad_overrides_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="--rho"):
+        plan(TABLES["5.6"], [0], None, ["data.imbalance_ratio=50"], tmp_path)
+    with pytest.raises(ConfigError, match="--seeds"):
+        plan(TABLES["5.6"], [0], None, ["seed=3"], tmp_path)
+    with pytest.raises(ConfigError, match="no_such_key"):
+        plan(TABLES["5.6"], [0], None, ["optim.no_such_key=1"], tmp_path)
+
+
+def test_comparability():
+    assert comparability("cifar10_lt", ["data.root=/data", "device=cuda:1", "quiet=true"]) == (True, [])
+    assert comparability("cifar10_lt", ["optim.epochs=2"]) == (False, ["optim.epochs=2"])
+    assert comparability("synthetic", [])[0] is False
+
+
+def test_resume_states(tmp_path):
+    p = plan(TABLES["5.6"], [0], None, SYN, tmp_path)
+    s1 = next(j for j in p.jobs if j.stage == 1)
+    s2 = [j for j in p.jobs if j.stage == 2]
+    s1.run_dir.mkdir(parents=True)
+    (s1.run_dir / "config.yaml").write_text("{}\n")
+    (s1.run_dir / "last.pt").write_bytes(b"x")
+    s2[0].run_dir.mkdir(parents=True)
+    (s2[0].run_dir / "config.yaml").write_text("{}\n")
+    (s2[1].run_dir).mkdir(parents=True)
+    (s2[1].run_dir / "metrics.json").write_text(json.dumps({"top1": 1.0}))
+    p = plan(TABLES["5.6"], [0], None, SYN, tmp_path)
+    jobs = {j.run_dir: j for j in p.jobs}
+    assert jobs[s1.run_dir].state == "resume" and jobs[s1.run_dir].argv == ["train", "--resume", str(s1.run_dir)]
+    assert jobs[s2[0].run_dir].state == "restart" and jobs[s2[0].run_dir].command().startswith("rm -r ")
+    assert jobs[s2[1].run_dir].state == "done"
+    assert jobs[s2[2].run_dir].state == "new"
+
+
+# ---------------------------------------------------------------------------------------------
+# One tiny real run
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tiny_table_5_6_on_synthetic_data(tmp_path, capsys):
+    out = tmp_path / "rep"
+    rc = main(_args("5.6", out, SYN, seeds=[0]))
+    md_path = out / "table_5.6.md"
+    assert md_path.is_file()
+    md = md_path.read_text()
+    assert "# Table 5.6:" in capsys.readouterr().out  # the table is printed too
+    assert "Not CIFAR-10-LT" in md and "not comparable" in md
+    rows = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[0] in EXPECTED["5.6"]:
+            rows[cells[0]] = cells
+    assert set(rows) == set(EXPECTED["5.6"])
+    for label, cells in rows.items():
+        assert float(cells[6]) == EXPECTED["5.6"][label][100]  # thesis column
+    number = re.compile(r"^\d+\.\d\d$")
+    for label in ("w/o re-training", "CBEN + LWS", "CBEN + cRT"):
+        assert number.match(rows[label][2]), rows[label]
+        assert rows[label][1] == "1" and rows[label][7] == "n/c"
+    tau = rows["CBEN + tau-normalization"]
+    # tau-normalization needs a linear head; GCL's is cosine: either it ran or it is reported as failed
+    assert number.match(tau[2]) or "failed" in tau[1]
+    assert rc == (0 if number.match(tau[2]) else 1)
+    # one stage-1 run, reused by every row
+    s1 = [d for d in (out / "synthetic-rho100").iterdir() if "-s2-" not in d.name]
+    assert len(s1) == 1 and (s1[0] / "metrics.json").is_file()
+    # resumable: a second call trains nothing that finished
+    stamp = (s1[0] / "metrics.json").stat().st_mtime_ns
+    p = plan(TABLES["5.6"], [0], None, SYN, out)
+    assert sum(j.state != "done" for j in p.jobs) == (0 if rc == 0 else 1)
+    assert (s1[0] / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_markdown_of_finished_cifar_runs_shows_differences(tmp_path):
+    from longtail.reproduce import format_markdown, summarize_plan
+
+    p = plan(TABLES["5.6"], [0, 1], None, ["data.root=/data"], tmp_path)
+    assert p.data_name == "cifar10_lt"
+    for i, row in enumerate(TABLES["5.6"].rows):
+        for seed, folder in enumerate(p.cells[(100, i)]):
+            if row.label == "CBEN + tau-normalization" and seed == 1:
+                continue  # one seed missing
+            folder.mkdir(parents=True, exist_ok=True)
+            m = {"top1": 80.0 + i + seed, "many": 90.0, "medium": 80.0, "few": None, "stage": 2, "wall_time_s": 10.0,
+                 "device": "cuda", "versions": {"torch": "2.x", "gpu": "Some GPU"}}
+            (folder / "metrics.json").write_text(json.dumps(m))
+    md = format_markdown(p, summarize_plan(p), wall_s=12.0)
+    assert "Not CIFAR-10-LT" not in md and "not comparable" not in md.lower()
+    assert "JPEG" in md and "Some GPU" in md
+    lines = {l.split("|")[1].strip(): [c.strip() for c in l.strip().strip("|").split("|")]
+             for l in md.splitlines() if l.startswith("| ") and "|---" not in l and not l.startswith("| method")}
+    assert lines["w/o re-training"][2] == "80.50 ± 0.71" and lines["w/o re-training"][7] == f"{80.5 - 80.52:+.2f}"
+    assert lines["w/o re-training"][5] == "-"  # no few-shot value
+    assert lines["CBEN + cRT"][7] == f"{83.5 - 82.68:+.2f}"
+    assert lines["CBEN + tau-normalization"][1] == "1 (1 failed)" and lines["CBEN + tau-normalization"][2] == "82.00"
+    # a recipe-changing override makes the numbers "not comparable" even on CIFAR-10-LT
+    p2 = plan(TABLES["5.6"], [0, 1], None, ["optim.epochs=3"], tmp_path)
+    assert "**Not comparable**" in format_markdown(p2, summarize_plan(p2))
