@@ -34,7 +34,7 @@ How the runs are organised:
   its header and shows ``n/c`` (not comparable) instead of the difference.
 
 Published numbers: each table carries the numbers printed in *that* table of the thesis
-(``/work/shared/thesis.txt``; Tables 3.2 and 3.4 print top-1 *error*, converted here as
+(``../shared/thesis.txt``; Tables 3.2 and 3.4 print top-1 *error*, converted here as
 ``100 - error``). They equal the summary in ``docs/METHODS.md`` except for the CE baseline, which
 the thesis measured separately per chapter: 70.36 / 75.22 in Table 3.2 and 71.07 / 75.31 in
 Table 4.2 (METHODS.md lists Table 5.2's 65.68 / 70.70 / 74.81, used for Table 5.2 here).
