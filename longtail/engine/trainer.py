@@ -52,19 +52,16 @@ def _auto(value, default: bool) -> bool:
 
 
 def amp_dtype(cfg: dict, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype: ``auto`` = bf16 on a GPU that supports it, none on the CPU."""
+    """Autocast dtype: ``auto`` = bf16 on a GPU that supports it; the CPU always runs float32."""
     amp = cfg["amp"]
-    if amp in ("none", False, None) or device.type != "cuda":
-        if amp in ("bf16", "fp16") and device.type != "cuda":
-            return None  # falls back cleanly on the CPU
-        return None
+    choices = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+    if amp not in choices:
+        raise ConfigError(f"amp '{amp}' unknown; valid: {', '.join(choices)}")
+    if device.type != "cuda":
+        return None  # falls back cleanly on the CPU
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    raise ConfigError(f"amp '{amp}' unknown; valid: auto, bf16, fp16, none")
+    return choices[amp]
 
 
 def seed_everything(seed: int) -> None:
