@@ -180,8 +180,9 @@ TABLES: Dict[str, Table] = {
                 Row("LDAM-DRW", "cifar10_lt/ldam_drw", {100: 77.03, 50: 81.03}),
                 Row("KPS (with GA)", "cifar10_lt/kps_ga", {100: 81.23, 50: 84.59}),
             ),
-            note="Batch 64 for every row (Table 3.1) unless a user override sets data.batch_size. The CE baseline of this table (70.36 / 75.22) differs "
-                 "from Table 5.2's (70.70 / 74.81): the thesis measured it per chapter.",
+            note="Batch 64 for every row (Table 3.1) unless a user override sets data.batch_size. The CE "
+                 "baseline of this table (70.36 / 75.22) differs from Table 5.2's (70.70 / 74.81): the thesis "
+                 "measured it per chapter.",
             figures=(FigureSpec("per_class", ("CE", "LDAM-DRW", "KPS (with GA)"), "fig3.8_per_class_error",
                                 "per-class error rates (cf. thesis Figure 3.8)"),),
         ),
