@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.lt import shot_groups
+
 __all__ = ["Accumulator", "compute_metrics", "metrics_from_logits", "shot_group", "ECE_BINS"]
 
 ECE_BINS = 15
@@ -32,21 +34,8 @@ ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float], Sequence[int]]
 
 
 def shot_group(train_count: int, many: int = 100, few: int = 20) -> str:
-    """Name the shot group of a class from its number of training samples.
-
-    Args:
-        train_count: Training samples of the class.
-        many: A class with strictly more than ``many`` training samples is "many".
-        few: A class with strictly fewer than ``few`` training samples is "few".
-
-    Returns:
-        ``"many"``, ``"medium"`` (``few <= train_count <= many``) or ``"few"``.
-    """
-    if train_count > many:
-        return "many"
-    if train_count < few:
-        return "few"
-    return "medium"
+    """Name the shot group of one class from its training count (see :func:`longtail.data.shot_groups`)."""
+    return next(g for g, m in shot_groups([train_count], many=many, few=few).items() if m[0])
 
 
 def _to_numpy(x: Optional[ArrayLike], dtype: Any, name: str) -> Optional[np.ndarray]:
@@ -167,11 +156,12 @@ def compute_metrics(
     f1 = np.divide(2 * precision * recall, pr_sum, out=np.zeros(num_classes), where=pr_sum > 0)
     present = has_test | (pred_count > 0)
 
-    groups = [shot_group(int(c), many, few) for c in counts]
+    masks = shot_groups(counts, many=many, few=few)
+    groups = [next(g for g, m in masks.items() if m[i]) for i in range(num_classes)]
     group_acc: Dict[str, Optional[float]] = {}
     group_sizes: Dict[str, int] = {}
     for g in ("many", "medium", "few"):
-        members = np.array([gi == g for gi in groups], dtype=bool)
+        members = masks[g]
         group_sizes[g] = int(members.sum())
         sel = members & has_test
         group_acc[g] = _pct(float(recall[sel].mean())) if sel.any() else None
