@@ -197,6 +197,9 @@ def test_unknown_method_and_dataset(tmp_path):
         train(tiny_config(tmp_path, None, "sampler.name=nope"))
     with pytest.raises(ConfigError, match="cosine head"):
         train(tiny_config(tmp_path, None, "loss.name=gcl"))
+    with pytest.raises(ConfigError, match="eval.checkpoint 'best'.*final epoch"):
+        train(tiny_config(tmp_path, None, "eval.checkpoint=best"))
+    assert not any(tmp_path.iterdir())  # no run folder was started for any of these
 
 
 def test_existing_run_folder_is_never_overwritten(tmp_path):
@@ -251,3 +254,15 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     (run_dir / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="last.pt"):
         retrain(run_dir)
+
+
+def test_bad_stage2_settings_leave_no_run_folder(tmp_path):
+    run_dir, _ = train(tiny_config(tmp_path, None, "name=s1"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for bad, culprit in [("stage2.sampler.name=nope", "unknown sampler 'nope'"),
+                         ("stage2.loss.name=gcl", "cosine head"),
+                         ("stage2.loss.params.gammma=1", "gammma"),
+                         ("stage2.method=nope", "stage2.method 'nope'")]:
+        with pytest.raises(ConfigError, match=culprit):
+            retrain(run_dir, [bad])
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, bad

@@ -112,13 +112,21 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
     seed_everything(int(cfg["seed"]))
     run = build(cfg)
     load_model_state(run.model, ckpt["model"], stage1_dir / "last.pt")
+    method = s2["method"]
+    # everything that can be wrong with the stage-2 settings is found before a run folder exists
+    if method == "tau_norm" and cfg["model"]["head"] not in ("linear", "cosine"):
+        raise ConfigError(f"stage2.method=tau_norm needs a linear or cosine head; the stage-1 run has "
+                          f"model.head={cfg['model']['head']}")
+    if method in ("crt", "lws"):
+        loss2 = build_loss(s2["loss"]["name"], run.bundle.class_counts, **s2["loss"]["params"]).to(run.device)
+        check_loss_head(loss2, run.model, "lws" if method == "lws" else cfg["model"]["head"])
+        loader2 = make_train_loader(run, s2["sampler"], int(s2["epochs"]), int(cfg["seed"]), s2["batch_size"])
     name = cfg["name"] if cfg["name"] and cfg["name"] != s1cfg.get("name") else default_run_name(cfg, stage=2)
     cfg["name"] = name
     run_dir = make_run_dir(run, name)
     backbone_before = {k: v.clone() for k, v in run.model.backbone.state_dict().items()}
     many, few = cfg["data"]["shot_thresholds"]
-    extra: dict = {"stage1_run": str(stage1_dir), "stage2_method": s2["method"]}
-    method = s2["method"]
+    extra: dict = {"stage1_run": str(stage1_dir), "stage2_method": method}
     epochs = 1
 
     if s2["bn"] == "reestimate":
@@ -132,9 +140,6 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
         metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, cfg["eval"]["split"]), run.bundle.class_counts,
                               amp=run.amp_dtype, many=many, few=few)
     elif method == "tau_norm":
-        if cfg["model"]["head"] not in ("linear", "cosine"):
-            raise ConfigError(f"stage2.method=tau_norm needs a linear or cosine head; the stage-1 run has "
-                              f"model.head={cfg['model']['head']}")
         # the tau-normalized head is linear: its logits are used as they are
         run.loss_fn = build_loss("ce", run.bundle.class_counts).to(run.device)
         if s2["tau"] is not None:
@@ -150,12 +155,11 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
         metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, cfg["eval"]["split"]), run.bundle.class_counts,
                               amp=run.amp_dtype, many=many, few=few)
     else:
-        run.loss_fn = build_loss(s2["loss"]["name"], run.bundle.class_counts, **s2["loss"]["params"]).to(run.device)
+        run.loss_fn = loss2
         if method == "lws":
             run.model.head = LWSHead.from_head(run.model.head).to(run.device)
         elif s2["reinit"]:
             run.model.reset_head()
-        check_loss_head(run.loss_fn, run.model, "lws" if method == "lws" else cfg["model"]["head"])
         params = [p for p in run.model.head.parameters() if p.requires_grad]
         optim_cfg = {"epochs": s2["epochs"], "lr": s2["lr"], "momentum": cfg["optim"]["momentum"],
                      "nesterov": cfg["optim"]["nesterov"], "weight_decay": s2["weight_decay"],
@@ -163,7 +167,7 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
                      "milestones": [], "milestone_factors": [], "min_lr": 0.0}
         epochs = int(s2["epochs"])
         metrics = fit(run, run_dir, params=params, optim_cfg=optim_cfg, sampler_cfg=s2["sampler"], stage=2,
-                      mixup_alpha=float(s2["mixup_alpha"]), batch_size=s2["batch_size"])
+                      mixup_alpha=float(s2["mixup_alpha"]), loader=loader2)
 
     after = run.model.backbone.state_dict()
     changed = [k for k, v in backbone_before.items() if not torch.equal(v, after[k])]

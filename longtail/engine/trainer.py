@@ -105,6 +105,11 @@ def check_loss_head(loss_fn: LongTailLoss, model: LongTailModel, head_name: str)
 def build(cfg: dict) -> Run:
     """Datasets, model and loss for a config (stage 1)."""
     check_schedule(cfg["optim"])
+    if cfg["eval"]["checkpoint"] != "last":
+        raise ConfigError(f"eval.checkpoint '{cfg['eval']['checkpoint']}' unknown: longtail reports the final epoch "
+                          f"('last'); it never selects a checkpoint on the evaluation split")
+    if cfg["eval"]["split"] not in ("test", "val"):
+        raise ConfigError(f"eval.split '{cfg['eval']['split']}' unknown; valid: test, val")
     info = dist.from_env()
     device = dist.setup(info, resolve_device(cfg["device"]))
     bundle = build_datasets(cfg["data"])
@@ -285,9 +290,10 @@ def shot_table(metrics: dict) -> str:
 
 def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, mixup_alpha: float = 0.0,
         mixup_until: Optional[int] = None, stage: int = 1, start_ckpt: Optional[dict] = None,
-        batch_size: Optional[int] = None) -> dict:
+        batch_size: Optional[int] = None, loader=None) -> dict:
     """Run the epochs of one stage: schedules, steps, evaluation, logs and checkpoints.
 
+    ``loader`` may be built beforehand (to check the sampler before a run folder exists).
     Returns the final-epoch metrics on ``eval.split``.
     """
     cfg, device = run.cfg, run.device
@@ -297,7 +303,8 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
     fused = _auto(cfg["fused_optimizer"], device.type == "cuda")
     graph = _auto(cfg["cuda_graph"], device.type == "cuda" and not run.dist.enabled)
     optimizer = make_optimizer(params, optim_cfg, device, fused or graph, lr_at(0, optim_cfg))
-    loader = make_train_loader(run, sampler_cfg, epochs, seed, batch_size)
+    if loader is None:
+        loader = make_train_loader(run, sampler_cfg, epochs, seed, batch_size)
     mix = MixupSchedule(mixup_alpha, device) if mixup_alpha > 0 else None
     model = run.model
     if run.dist.enabled:
@@ -438,13 +445,14 @@ def train(cfg: dict, resume: Optional[Path] = None, quiet: Optional[bool] = None
         torch.backends.cudnn.benchmark = True
     seed_everything(int(cfg["seed"]))
     run = build(cfg)
+    loader = make_train_loader(run, cfg["sampler"], cfg["optim"]["epochs"], int(cfg["seed"]))  # checked before a folder exists
     if resume is None:
         run_dir = make_run_dir(run, cfg["name"] or default_run_name(cfg))
     if ckpt is not None:
         load_model_state(run.model, ckpt["model"], run_dir / "last.pt")
     metrics = fit(run, run_dir, params=[p for p in run.model.parameters() if p.requires_grad], optim_cfg=cfg["optim"],
                   sampler_cfg=cfg["sampler"], mixup_alpha=float(cfg["mixup"]["alpha"]), mixup_until=cfg["mixup"]["until_epoch"],
-                  stage=1, start_ckpt=ckpt)
+                  stage=1, start_ckpt=ckpt, loader=loader)
     out = finish(run, run_dir, metrics, time.perf_counter() - t0, 1, cfg["optim"]["epochs"])
     dist.barrier(run.dist)
     return run_dir, out
