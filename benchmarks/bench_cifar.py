@@ -67,7 +67,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from longtail.config import load_config  # noqa: E402
+from longtail.config import EPOCH_KEYS_STAGE1, load_config, scaled_epoch_overrides  # noqa: E402
 from longtail.data import build_datasets, build_sampler  # noqa: E402
 from longtail.engine.schedule import lr_at  # noqa: E402
 from longtail.engine.trainer import amp_dtype, evaluate, resolve_device, seed_everything, train  # noqa: E402
@@ -76,7 +76,6 @@ from longtail.models import build_model  # noqa: E402
 
 CIFAR10_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
                  "batches.meta"]
-EPOCH_KEYS = ("loss.params.drw_epoch", "loss.params.ga_epoch", "mixup.until_epoch")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,33 +120,13 @@ def find_or_build_cifar10(data: Optional[str], log: Callable = print) -> Path:
 # ---------------------------------------------------------------------------------------------
 # configs
 # ---------------------------------------------------------------------------------------------
-def _get(cfg: dict, dotted: str):
-    cur = cfg
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
 def schedule_overrides(cfg: dict, epochs: int) -> list[str]:
-    """Overrides that run the recipe for ``epochs`` stage-1 epochs with its schedule scaled.
-
-    Milestones, warm-up and the epoch-valued loss switches (DRW, GA, the end of mixup) keep
-    their place relative to the run's length; nothing changes when ``epochs`` is the recipe's.
-    """
-    e0 = int(cfg["optim"]["epochs"])
-    if epochs == e0:
+    """Overrides that run the recipe for ``epochs`` stage-1 epochs with its schedule scaled
+    (``longtail.config.scaled_epoch_overrides``, as ``longtail reproduce`` does); nothing changes
+    when ``epochs`` is the recipe's."""
+    if epochs == int(cfg["optim"]["epochs"]):
         return []
-    f = epochs / e0
-    out = [f"optim.epochs={epochs}",
-           f"optim.warmup_epochs={int(round(cfg['optim']['warmup_epochs'] * f))}",
-           "optim.milestones=[" + ",".join(str(max(1, int(round(m * f)))) for m in cfg["optim"]["milestones"]) + "]"]
-    for key in EPOCH_KEYS:
-        v = _get(cfg, key)
-        if isinstance(v, int) and not isinstance(v, bool):
-            out.append(f"{key}={int(round(v * f))}")
-    return out
+    return [f"optim.epochs={epochs}"] + scaled_epoch_overrides(cfg, "optim.epochs", epochs, EPOCH_KEYS_STAGE1)
 
 
 def stage2_epochs(cfg: dict, epochs: int, explicit: Optional[int]) -> int:

@@ -20,6 +20,7 @@ it is built). The resolved config is saved as ``config.yaml`` in every run folde
 from __future__ import annotations
 
 import copy
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -218,3 +219,61 @@ def save_config(cfg: dict, path: Path) -> None:
 def load_saved_config(path: Path) -> dict:
     """Read a run folder's saved config (no recipe resolution)."""
     return _read_yaml(Path(path))
+
+
+def get_key(cfg: dict, dotted: str) -> Any:
+    """The value at ``a.b.c`` in a config, or None where the path does not exist."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+#: Epoch-valued keys that move with ``optim.epochs`` (stage 1) and ``stage2.epochs`` (stage 2).
+EPOCH_KEYS_STAGE1 = ("optim.warmup_epochs", "optim.milestones", "loss.params.ga_epoch",
+                     "loss.params.drw_epoch", "mixup.until_epoch")
+EPOCH_KEYS_STAGE2 = ("stage2.warmup_epochs",)
+#: Keys whose scaled value must stay a trained epoch (< epochs) so the switch still happens;
+#: the others (lr milestones, end of mixup) may reach ``epochs`` (= never within the run).
+SWITCH_KEYS = ("loss.params.ga_epoch", "loss.params.drw_epoch")
+
+
+def _scale_epochs(value: Any, factor: float, upper: int) -> Any:
+    """Scale an epoch index (or a list of them) by ``factor``, rounded, within [0, upper]."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (list, tuple)):
+        scaled = [_scale_epochs(v, factor, upper) for v in value]
+        return None if any(v is None for v in scaled) else scaled
+    if not isinstance(value, (int, float)):
+        return None
+    return int(min(max(round(value * factor), 0), max(upper, 0)))
+
+
+def scaled_epoch_overrides(cfg: dict, total_key: str, new_total: int, keys: Iterable[str],
+                           skip: Iterable[str] = ()) -> list[str]:
+    """Overrides that keep the epoch-valued ``keys`` of ``cfg`` in place when ``total_key``
+    (e.g. ``optim.epochs``) becomes ``new_total``: a shortened run keeps its lr steps, warm-up
+    and loss switches (DRW, GA) at the same fraction of training. Keys in ``skip`` (set by the
+    user) and unchanged values are left out; nothing is returned when the total is unchanged.
+    """
+    old_total = get_key(cfg, total_key)
+    if not isinstance(new_total, int) or isinstance(new_total, bool) or not old_total or new_total == old_total:
+        return []
+    factor = new_total / float(old_total)
+    skip = set(skip)
+    out = []
+    for key in keys:
+        if key in skip:
+            continue
+        old = get_key(cfg, key)
+        if key.endswith("warmup_epochs") and isinstance(old, (int, float)):
+            new = int(round(old * factor))  # a warm-up may shrink to 0 epochs
+        else:
+            new = _scale_epochs(old, factor, new_total - 1 if key in SWITCH_KEYS else new_total)
+        if new is None or new == old:
+            continue
+        out.append(f"{key}={json.dumps(new, separators=(',', ':'))}")
+    return out

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .config import load_config, parse_override
+from .config import EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, load_config, parse_override, scaled_epoch_overrides
 from .errors import ConfigError
 
 __all__ = ["Row", "Table", "FigureSpec", "TABLES", "get_table", "plan", "format_markdown", "main"]
@@ -69,11 +69,6 @@ BENIGN_PREFIXES = (
     "device", "quiet", "tensorboard", "amp", "channels_last", "compile", "cuda_graph", "fused_optimizer",
     "deterministic", "eval.every", "eval.feature_norms", "output_dir", "name",
 )
-
-#: Epoch-valued keys scaled with ``optim.epochs`` (stage 1) and ``stage2.epochs`` (stage 2).
-EPOCH_KEYS_STAGE1 = ("optim.warmup_epochs", "optim.milestones", "loss.params.ga_epoch",
-                     "loss.params.drw_epoch", "mixup.until_epoch")
-EPOCH_KEYS_STAGE2 = ("stage2.warmup_epochs",)
 
 #: Config keys left out of a run's identity (its folder hash). A stage-1 run's ``stage2`` block
 #: is the recipe's (stage-2 overrides go to ``longtail retrain`` only); stage-2 runs hash it.
@@ -363,57 +358,14 @@ def _override_key(text: str) -> str:
     return parse_override(text)[0]
 
 
-def _get(cfg: dict, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-#: Keys whose scaled value must stay a trained epoch (< epochs) so the switch still happens;
-#: the others (lr milestones, end of mixup) may reach ``epochs`` (= never within the run).
-_SWITCH_KEYS = ("loss.params.ga_epoch", "loss.params.drw_epoch")
-
-
-def _scale_epochs(value, factor: float, upper: int):
-    """Scale an epoch index (or a list of them) by ``factor``, rounded, within [0, upper]."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (list, tuple)):
-        scaled = [_scale_epochs(v, factor, upper) for v in value]
-        return None if any(v is None for v in scaled) else scaled
-    if not isinstance(value, (int, float)):
-        return None
-    return int(min(max(round(value * factor), 0), max(upper, 0)))
-
-
 def _scaled_overrides(cfg0: dict, user: Sequence[str], total_key: str, keys: Sequence[str]) -> List[str]:
     """Overrides scaling ``keys`` of ``cfg0`` when the user changes ``total_key`` (epochs)."""
-    user_keys = {_override_key(o) for o in user}
     new_total = None
     for o in user:
         k, v = parse_override(o)
         if k == total_key:
             new_total = v
-    old_total = _get(cfg0, total_key)
-    if not isinstance(new_total, int) or isinstance(new_total, bool) or not old_total or new_total == old_total:
-        return []
-    factor = new_total / float(old_total)
-    out = []
-    for key in keys:
-        if key in user_keys:
-            continue
-        old = _get(cfg0, key)
-        if key == "optim.warmup_epochs" and isinstance(old, (int, float)):
-            new = int(round(old * factor))  # a warm-up may shrink to 0 epochs
-        else:
-            new = _scale_epochs(old, factor, new_total - 1 if key in _SWITCH_KEYS else new_total)
-        if new is None or new == old:
-            continue
-        out.append(f"{key}={json.dumps(new, separators=(',', ':'))}")
-    return out
+    return scaled_epoch_overrides(cfg0, total_key, new_total, keys, skip={_override_key(o) for o in user})
 
 
 def _check_user_overrides(overrides: Sequence[str]) -> List[str]:
