@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from ..balance import effective_number, log_ratio
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 
@@ -145,22 +146,9 @@ def _as_targets(targets: TargetsLike, num_classes: int) -> np.ndarray:
 
 
 def effective_number_weights(counts: np.ndarray, beta: Union[float, np.ndarray]) -> np.ndarray:
-    """Inverse effective number ``(1 - beta) / (1 - beta^n)`` of Cui et al. (2019).
-
-    Args:
-        counts: Per-class counts n_j (C,), all >= 1.
-        beta: Scalar or per-class (C,) values in [0, 1).
-
-    Returns:
-        float64 array (C,) of unnormalized weights; 1/n_j in the limit beta -> 1, 1 at beta = 0.
-    """
-    n = np.asarray(counts, dtype=np.float64)
-    b = np.broadcast_to(np.asarray(beta, dtype=np.float64), n.shape)
-    # 1 - beta^n computed as -expm1(n log beta): accurate when beta is very close to 1.
-    with np.errstate(divide="ignore"):
-        log_b = np.log(b)
-    denom = -np.expm1(n * log_b)
-    return np.where(b == 0.0, 1.0, (1.0 - b) / denom)
+    """Inverse effective number ``(1 - beta) / (1 - beta^n)`` of Cui et al. (2019), unnormalized
+    (:func:`longtail.balance.effective_number`)."""
+    return effective_number(counts, beta)
 
 
 def cben_gammas(counts: np.ndarray, a: float = 0.9999, b: float = 1e-5) -> np.ndarray:
@@ -183,9 +171,7 @@ def cben_gammas(counts: np.ndarray, a: float = 0.9999, b: float = 1e-5) -> np.nd
         class j (not the class's total probability, which is proportional to n_j * gamma_j).
     """
     n = np.asarray(counts, dtype=np.float64)
-    delta = np.log(n.max()) - np.log(n)
-    if delta.max() > 0:
-        delta = delta / delta.max()
+    delta = log_ratio(n, normalize=True)
     span = delta.max() - delta.min()
     rel = (delta - delta.min()) / span if span > 0 else np.zeros_like(delta)
     beta = b * rel + a

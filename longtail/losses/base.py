@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..balance import effective_number
 from ..errors import ConfigError
 
 
@@ -96,7 +97,7 @@ def effective_number_weights(class_counts: Sequence[int] | Tensor, beta: float) 
     counts = as_counts(class_counts)
     if not 0.0 <= beta < 1.0:
         raise ConfigError(f"effective-number beta must be in [0, 1), got {beta}")
-    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    w = torch.from_numpy(effective_number(counts.numpy(), beta))
     return (w / w.sum() * counts.numel()).float()
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..balance import log_ratio
 from ..errors import ConfigError
 from . import LOSSES
 from .base import LongTailLoss, as_counts
@@ -100,11 +101,7 @@ def fbl_stimulus(class_counts: Union[Sequence[int], Tensor], stimulus: str = "no
     if stimulus not in _STIMULI:
         raise ConfigError(f"fbl: unknown stimulus {stimulus!r}; valid: {', '.join(_STIMULI)}")
     counts = as_counts(class_counts)
-    lam = torch.log(counts.max()) - torch.log(counts)  # eq. (4.4)
-    if stimulus == "normalized":
-        top = lam.max()
-        lam = lam / top if top > 0 else torch.zeros_like(lam)
-    return lam
+    return torch.from_numpy(log_ratio(counts.numpy(), normalize=stimulus == "normalized"))  # eq. (4.4)
 
 
 @LOSSES.register("fbl")

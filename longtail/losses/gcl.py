@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..balance import log_ratio
 from ..errors import ConfigError
 from . import LOSSES
 from .base import DeferredReweighting, LongTailLoss, as_counts
@@ -53,7 +54,7 @@ def cloud_sizes(class_counts: Union[Sequence[int], Tensor], cloud: str = "log") 
     counts = as_counts(class_counts)
     n_max = counts.max()
     if cloud == "log":
-        raw = torch.log(n_max) - torch.log(counts)
+        raw = torch.from_numpy(log_ratio(counts.numpy()))
     elif cloud == "cos":
         raw = torch.cos(counts / n_max * (math.pi / 2.0))
         raw = raw - torch.cos(torch.ones((), dtype=raw.dtype) * (math.pi / 2.0))
