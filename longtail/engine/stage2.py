@@ -28,10 +28,11 @@ from ..errors import CheckpointError, ConfigError
 from ..losses import build_loss
 from ..models import LWSHead, tau_normalize
 from .checkpoint import load_checkpoint, load_model_state
+from .features import FeatureLoader, HeadOnly, compute_features, use_feature_cache
 from .metrics import Accumulator
 from .runlog import default_run_name
 from .trainer import (Run, build, check_loss_head, eval_batches, evaluate, finish, fit, make_run_dir, make_train_loader,
-                      seed_everything)
+                      seed_everything, train_batch_size)
 
 METHODS = ("crt", "lws", "tau_norm", "none")
 
@@ -121,6 +122,7 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
         loss2 = build_loss(s2["loss"]["name"], run.bundle.class_counts, **s2["loss"]["params"]).to(run.device)
         check_loss_head(loss2, run.model, "lws" if method == "lws" else cfg["model"]["head"])
         loader2 = make_train_loader(run, s2["sampler"], int(s2["epochs"]), int(cfg["seed"]), s2["batch_size"])
+        cache = use_feature_cache(s2["cache_features"], run.bundle.augment, float(s2["mixup_alpha"]))
     name = cfg["name"] if cfg["name"] and cfg["name"] != s1cfg.get("name") else default_run_name(cfg, stage=2)
     cfg["name"] = name
     run_dir = make_run_dir(run, name)
@@ -166,8 +168,16 @@ def retrain(stage1_dir: Path, overrides: Iterable[str] = ()) -> tuple[Path, dict
                      "warmup_epochs": s2["warmup_epochs"], "schedule": s2["schedule"],
                      "milestones": [], "milestone_factors": [], "min_lr": 0.0}
         epochs = int(s2["epochs"])
+        head_only = None
+        if cache:  # the frozen backbone's features, computed once; the head trains on them
+            t_feat = time.perf_counter()
+            feats, targets = compute_features(run.model, eval_batches(run, "train"), run.amp_dtype)
+            loader2 = FeatureLoader(feats, targets, loader2.sampler, train_batch_size(run, s2["batch_size"]))
+            head_only = HeadOnly(run.model)
+            extra["feature_cache_seconds"] = time.perf_counter() - t_feat
+        extra["stage2_feature_cache"] = cache
         metrics = fit(run, run_dir, params=params, optim_cfg=optim_cfg, sampler_cfg=s2["sampler"], stage=2,
-                      mixup_alpha=float(s2["mixup_alpha"]), loader=loader2)
+                      mixup_alpha=float(s2["mixup_alpha"]), loader=loader2, train_model=head_only)
 
     after = run.model.backbone.state_dict()
     changed = [k for k, v in backbone_before.items() if not torch.equal(v, after[k])]

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import load_saved_config, save_config
 from ..data import DataBundle, build_datasets, build_sampler
+from ..data.folder import annotate_metrics, resolve_auto
 from ..data.gpu import GpuLoader, iterate_eval
 from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..losses import LongTailLoss, build_loss
@@ -30,6 +31,7 @@ from . import distributed as dist
 from .checkpoint import load_checkpoint, load_model_state, save_atomic
 from .metrics import Accumulator
 from .runlog import EpochLog, default_run_name, git_commit, new_run_dir, read_log, software_versions, write_json
+from .precision import amp_dtype, auto_flag, channels_last_default
 from .schedule import check_schedule, lr_at
 from .step import MixupSchedule, TrainStep
 
@@ -47,21 +49,21 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def _auto(value, default: bool) -> bool:
-    return default if value == "auto" else bool(value)
+_auto = auto_flag
 
 
-def amp_dtype(cfg: dict, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype: ``auto`` = bf16 on a GPU that supports it; the CPU always runs float32."""
-    amp = cfg["amp"]
-    choices = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-    if amp not in choices:
-        raise ConfigError(f"amp '{amp}' unknown; valid: {', '.join(choices)}")
-    if device.type != "cuda":
-        return None  # falls back cleanly on the CPU
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return choices[amp]
+def eval_every(every, device: torch.device, epochs: int) -> int:
+    """Evaluate every N epochs (the last epoch is always evaluated and is what is reported).
+
+    ``auto``: every epoch on a GPU, where evaluation is cheap; on the CPU about 20 evaluations
+    per run (every 10th epoch of a 200-epoch run), where one evaluation of the CIFAR test set
+    costs a quarter of a training epoch.
+    """
+    if every == "auto":
+        return 1 if device.type == "cuda" else max(1, round(epochs / 20))
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"eval.every must be a positive number of epochs or 'auto', got {every!r}")
+    return every
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +106,7 @@ def check_loss_head(loss_fn: LongTailLoss, model: LongTailModel, head_name: str)
 
 def build(cfg: dict) -> Run:
     """Datasets, model and loss for a config (stage 1)."""
+    resolve_auto(cfg)  # folder recipes: backbone, epochs and shot thresholds from the data (in place)
     check_schedule(cfg["optim"])
     if cfg["eval"]["checkpoint"] != "last":
         raise ConfigError(f"eval.checkpoint '{cfg['eval']['checkpoint']}' unknown: longtail reports the final epoch "
@@ -118,17 +121,22 @@ def build(cfg: dict) -> Run:
                         pretrained=m["pretrained"], freeze=m["freeze"])
     loss_fn = build_loss(cfg["loss"]["name"], bundle.class_counts, **cfg["loss"]["params"])
     check_loss_head(loss_fn, model, m["head"])
-    cl = _auto(cfg["channels_last"], device.type == "cuda")
+    cl = _auto(cfg["channels_last"], channels_last_default(device))
     model = model.to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     return Run(cfg, device, bundle, model, loss_fn.to(device), amp_dtype(cfg, device), cl, info)
 
 
+def train_batch_size(run: Run, batch_size: Optional[int] = None) -> int:
+    """This rank's training batch: ``batch_size`` (default ``data.batch_size``) split over the ranks."""
+    return dist.per_rank_batch(int(batch_size or run.cfg["data"]["batch_size"]), run.dist)
+
+
 def make_train_loader(run: Run, sampler_cfg: dict, total_epochs: int, stage_seed: int, batch_size: Optional[int] = None):
     """A GPU-resident loader for in-memory datasets, a DataLoader otherwise."""
     cfg, bundle = run.cfg, run.bundle
-    batch_size = dist.per_rank_batch(int(batch_size or cfg["data"]["batch_size"]), run.dist)
+    batch_size = train_batch_size(run, batch_size)
     targets = np.asarray(bundle.train.targets)
     sampler = build_sampler(sampler_cfg["name"], targets, bundle.num_classes, seed=stage_seed,
                             total_epochs=total_epochs, rank=run.dist.rank, world_size=run.dist.world_size,
@@ -290,10 +298,12 @@ def shot_table(metrics: dict) -> str:
 
 def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, mixup_alpha: float = 0.0,
         mixup_until: Optional[int] = None, stage: int = 1, start_ckpt: Optional[dict] = None,
-        batch_size: Optional[int] = None, loader=None) -> dict:
+        batch_size: Optional[int] = None, loader=None, train_model: Optional[nn.Module] = None) -> dict:
     """Run the epochs of one stage: schedules, steps, evaluation, logs and checkpoints.
 
     ``loader`` may be built beforehand (to check the sampler before a run folder exists).
+    ``train_model`` is what the training step runs on the loader's batches (default ``run.model``;
+    stage 2 on cached features passes the head alone); evaluation always runs ``run.model``.
     Returns the final-epoch metrics on ``eval.split``.
     """
     cfg, device = run.cfg, run.device
@@ -306,7 +316,7 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
     if loader is None:
         loader = make_train_loader(run, sampler_cfg, epochs, seed, batch_size)
     mix = MixupSchedule(mixup_alpha, device) if mixup_alpha > 0 else None
-    model = run.model
+    model = run.model if train_model is None else train_model
     if run.dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
@@ -323,7 +333,7 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
         start = int(start_ckpt["epoch"]) + 1
     log = EpochLog(run_dir, tensorboard=cfg["tensorboard"], truncate_after=start if start_ckpt else None) if main else None
     many, few = cfg["data"]["shot_thresholds"]
-    every = max(1, int(cfg["eval"]["every"]))
+    every = eval_every(cfg["eval"]["every"], device, epochs)
     split = cfg["eval"]["split"]
     metrics: dict = {}
     quiet = cfg["quiet"] or not main
@@ -404,6 +414,7 @@ def finish(run: Run, run_dir: Path, metrics: dict, wall: float, stage: int, epoc
                 "versions": software_versions(), "git_commit": git_commit(), "device": str(run.device)})
     if extra:
         out.update(extra)
+    annotate_metrics(out, run.bundle)  # class names in per_class, the data's report (hold-out, skipped files)
     if run.dist.enabled:
         out["world_size"] = run.dist.world_size
     if run.dist.is_main:
