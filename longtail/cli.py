@@ -7,6 +7,9 @@
     longtail recipes
     longtail constants [RECIPE] [key=value ...]
     longtail reproduce TABLE [key=value ...]
+    longtail predict RUN_DIR IMAGE_OR_FOLDER... [--topk 5] [--out FILE.csv|FILE.json]
+    longtail export RUN_DIR [--format onnx|torchscript] [--out PATH]
+    longtail posthoc RUN_DIR --method logit_adjust|tau_norm [--tau T]
     longtail sweep RECIPE [RECIPE ...] --seeds 0 1 2 --jobs 3 [key=value ...]
 
 With no recipe, ``longtail train`` runs the built-in synthetic long-tailed demo on the CPU in
@@ -75,6 +78,11 @@ def cmd_eval(args) -> int:
     print(shot_table(metrics))
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+    if getattr(args, "save_logits", False):
+        from .posthoc import save_outputs
+
+        saved = save_outputs(Path(args.run), metrics.get("split") or args.split or "test", overrides=args.overrides)
+        print(f"logits, features and targets: {saved}")
     return 0
 
 
@@ -107,6 +115,28 @@ def cmd_constants(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import main_predict
+
+    main_predict(args.run, args.images, topk=args.topk, out=args.out, stage1=args.stage1)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import main_export
+
+    main_export(args.run, args.format, out=args.out, stage1=args.stage1)
+    return 0
+
+
+def cmd_posthoc(args) -> int:
+    from .posthoc import main_posthoc
+
+    main_posthoc(args.run, args.method, tau=args.tau, split=args.split, select_on=args.select_on,
+                 overrides=args.overrides, stage1=args.stage1)
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from .reproduce import main as reproduce_main
 
@@ -136,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint")
     e.add_argument("--out", help="write the metrics to this JSON file")
     e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    e.add_argument("--save-logits", action="store_true",
+                   help="keep the split's logits, features and targets in RUN_DIR/outputs-<split>.npz (longtail posthoc)")
     e.set_defaults(func=cmd_eval)
 
     rep = sub.add_parser("report", help="tables across run folders (mean +- std over seeds)")
@@ -152,6 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sweep", help="several runs (seeds, recipes) as concurrent processes: "
                                  "RECIPE... --seeds 0 1 2 --jobs 3 [key=value ...]")
+
+    pr = sub.add_parser("predict", help="classify images with a run's final model (stage 2 when there is one)")
+    pr.add_argument("run", metavar="RUN_DIR")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--out", help="also write the predictions to a .csv or .json file")
+    pr.add_argument("--stage1", action="store_true", help="use the stage-1 model even when a stage-2 run exists")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="write a run's final model as ONNX or TorchScript (normalized images -> logits)")
+    ex.add_argument("run", metavar="RUN_DIR")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--out", help="output file (default RUN_DIR/model.onnx or model.pt)")
+    ex.add_argument("--stage1", action="store_true", help="export the stage-1 model even when a stage-2 run exists")
+    ex.set_defaults(func=cmd_export)
+
+    ph = sub.add_parser("posthoc", help="post-hoc logit adjustment or tau-normalization of a finished run, no training")
+    ph.add_argument("run", metavar="RUN_DIR")
+    ph.add_argument("overrides", nargs="*", help="key=value overrides (e.g. data.root=...)")
+    ph.add_argument("--method", choices=["logit_adjust", "tau_norm"], required=True)
+    ph.add_argument("--tau", type=float, help="fixed tau (default: chosen on the val split, else on test, labelled)")
+    ph.add_argument("--split", choices=["test", "val"], default="test", help="split the metrics are reported on")
+    ph.add_argument("--select-on", choices=["val", "test"], help="split tau is chosen on (default val if any)")
+    ph.add_argument("--stage1", action="store_true", help="use the stage-1 model even when a stage-2 run exists")
+    ph.set_defaults(func=cmd_posthoc)
 
     rp = sub.add_parser("reproduce", help="run every row of a thesis table and write a markdown table")
     rp.add_argument("table", help="table id, e.g. 5.6, or 'list'")

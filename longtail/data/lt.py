@@ -207,6 +207,8 @@ class DataBundle:
     std: Tuple[float, float, float] = CIFAR_STD
     augment: str = "none"
     in_memory: Optional[bool] = None
+    image_size: Optional[int] = None  # crop side of the imagenet transforms (None: 224); folder/listfile set it
+    info: Optional[Dict[str, Any]] = None  # the dataset's own report for metrics.json (folder/listfile)
 
     def __post_init__(self) -> None:
         if self.num_classes is None:
@@ -239,9 +241,10 @@ class DataBundle:
 
 # -- build_datasets -----------------------------------------------------------------------------
 
-_STANDARD_KEYS = ("root", "imbalance_ratio", "profile", "download", "train_list", "val_list", "test_list")
+_STANDARD_KEYS = ("root", "imbalance_ratio", "profile", "download", "train_list", "val_list", "test_list",
+                  "skip_bad")
 # keys that must not be silently dropped when the chosen dataset does not use them
-_STRICT_KEYS = ("download", "train_list", "val_list", "test_list")
+_STRICT_KEYS = ("download", "train_list", "val_list", "test_list", "skip_bad")
 
 
 def _builder_kwargs(name: str, builder: Callable[..., DataBundle], cfg: Mapping[str, Any]) -> Dict[str, Any]:
@@ -309,7 +312,7 @@ def build_datasets(cfg_data: Mapping[str, Any]) -> DataBundle:
     if augment not in AUGMENT_KINDS:
         raise ConfigError(f"data.augment: unknown augment '{augment}'; valid: auto, {', '.join(AUGMENT_KINDS)}")
     bundle.augment = augment
-    size = _image_size(bundle.train) if augment == "cifar" else None
+    size = _image_size(bundle.train) if augment == "cifar" else bundle.image_size
     bundle.train.transform = build_transforms(augment, True, bundle.mean, bundle.std, size=size)
     for split in (bundle.val, bundle.test):
         if split is not None:
@@ -344,4 +347,4 @@ def train_class_counts(cfg_data: Mapping[str, Any]) -> np.ndarray:
 
 
 # Builders register themselves on import; imported last since they use the names above.
-from . import cifar, listfile, synthetic  # noqa: E402,F401
+from . import cifar, folder, listfile, synthetic  # noqa: E402,F401

@@ -187,7 +187,8 @@ def build_model(
 
     Args:
         backbone: A :data:`BACKBONES` name (``resnet32``, ``resnet50``, ``resnext50_32x4d``,
-            ``resnet152``).
+            ``resnet152``), or ``timm/<name>`` for any timm model (no download; ``pretrained`` may
+            name a local timm state_dict; see :mod:`longtail.models.timm_backbone`).
         head: A :data:`HEADS` name (``linear``, ``cosine``, ``lws``).
         num_classes: Number of classes C.
         head_params: Keyword arguments of the head (``linear``: ``bias``, ``init``;
@@ -215,9 +216,14 @@ def build_model(
         raise ConfigError(f"head_params must be a mapping, got {type(head_params).__name__}")
     params = dict(head_params)
     HEADS.get(head)  # fail on an unknown head before building a large backbone
-    net = BACKBONES.build(backbone)
-    if pretrained is not None:
-        load_pretrained(net, pretrained, name=f"backbone '{backbone}'")
+    if isinstance(backbone, str) and backbone.startswith("timm/"):  # any timm model (optional dependency)
+        from .timm_backbone import build_timm_backbone
+
+        net = build_timm_backbone(backbone[len("timm/"):], pretrained)
+    else:
+        net = BACKBONES.build(backbone)
+        if pretrained is not None:
+            load_pretrained(net, pretrained, name=f"backbone '{backbone}'")
     uses_linear = head == "linear" or (head == "lws" and params.get("base", "linear") == "linear")
     default_init = getattr(net, "linear_head_init", None)
     if uses_linear and default_init is not None and "init" not in params:
