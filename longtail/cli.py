@@ -67,14 +67,33 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def _eval_out(text: str) -> Path:
+    """``eval --out``: a JSON file path (checked before evaluating); its folder is created."""
+    import os
+
+    from .errors import ConfigError
+
+    out = Path(text)
+    if out.is_dir() or text.endswith(("/", os.sep)):
+        raise ConfigError(f"--out {text} is a folder; give the path of a JSON file, e.g. --out {out / 'eval.json'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {text}: cannot create the folder {out.parent}: {err.strerror or err}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"--out {text}: the folder {out.parent} is not writable")
+    return out
+
+
 def cmd_eval(args) -> int:
     import json
 
     from .engine.evaluation import evaluate_run
     from .engine.trainer import shot_table
 
+    out = _eval_out(args.out) if args.out else None
     metrics = evaluate_run(Path(args.run), split=args.split, checkpoint=args.checkpoint, overrides=args.overrides,
-                           out=Path(args.out) if args.out else None)
+                           out=out)
     print(shot_table(metrics))
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import re
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -39,11 +42,31 @@ FREE_FORM = {
 }
 RECIPE_ROOT = Path(str(resources.files("longtail") / "recipes"))
 
+# YAML 1.2 floats: PyYAML follows YAML 1.1, where ``5e-4`` and ``1e6`` (no dot) are strings.
+_FLOAT_12 = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` that also reads ``5e-4`` and ``1e6`` as floats (as YAML 1.2 does)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """``yaml.safe_dump`` that quotes strings ``_Loader`` would read as floats."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+.0123456789"))
+
+
+def yaml_load(text_or_stream: Any) -> Any:
+    """Parse YAML safely, with YAML 1.2 floats (``5e-4``, ``1e6``)."""
+    return yaml.load(text_or_stream, Loader=_Loader)
+
 
 def _read_yaml(path: Path) -> dict:
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as err:
@@ -168,7 +191,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -193,9 +216,14 @@ def load_config(recipe: Optional[str] = None, overrides: Iterable[str] = (), bas
 
     Returns:
         The resolved config as a plain dict; ``cfg["recipe"]`` holds the recipe name.
+
+    Raises:
+        ConfigError: An unknown key, a badly typed value, or a value out of range
+            (:func:`validate_config`); the message names the key.
     """
     schema = defaults()
     schema["recipe"] = None
+    explicit: set[str] = set()  # epoch-valued keys the user set (own recipe file or override)
     if base is not None:
         cfg = copy.deepcopy(base)
     else:
@@ -203,22 +231,171 @@ def load_config(recipe: Optional[str] = None, overrides: Iterable[str] = (), bas
         if recipe is not None:
             for layer, where in _load_recipe_layers(recipe):
                 _merge(cfg, layer, schema, where)
+                if not _is_shipped(where):
+                    explicit |= _set_keys(layer)
             cfg["recipe"] = recipe if not recipe.endswith((".yaml", ".yml")) else Path(recipe).stem
     for text in overrides:
         key, value = parse_override(text)
-        _merge(cfg, _nest(key, value), schema, f"override '{text}'")
+        nested = _nest(key, value)
+        _merge(cfg, nested, schema, f"override '{text}'")
+        explicit |= _set_keys(nested)
+    validate_config(cfg, explicit_milestones="optim.milestones" in explicit)
+    if base is None and "optim.milestones" not in explicit:
+        late = _late_milestones(cfg)
+        if late:
+            warnings.warn(f"optim.milestones {cfg['optim']['milestones']} (from the recipe) lie beyond "
+                          f"optim.epochs={cfg['optim']['epochs']}: the lr never steps down in this run; set "
+                          f"optim.milestones to steps within the run to keep them", ConfigWarning, stacklevel=2)
     return cfg
+
+
+class ConfigWarning(UserWarning):
+    """A setting that is valid but probably not what was meant (named in the message)."""
+
+
+def _is_shipped(where: str) -> bool:
+    try:
+        Path(where).resolve().relative_to(RECIPE_ROOT.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _set_keys(tree: Any, prefix: str = "") -> set[str]:
+    """Dotted keys (every level) set by a nested mapping."""
+    out: set[str] = set()
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.add(f"{prefix}{k}")
+            out |= _set_keys(v, f"{prefix}{k}.")
+    return out
+
+
+def _late_milestones(cfg: dict) -> list:
+    optim = cfg.get("optim") or {}
+    if optim.get("schedule") != "multistep":
+        return []
+    epochs = optim.get("epochs")
+    return [m for m in optim.get("milestones") or [] if isinstance(epochs, int) and isinstance(m, int) and m > epochs]
+
+
+# -- value checks ---------------------------------------------------------------------------------
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_config(cfg: dict, where: Optional[str] = None, explicit_milestones: bool = True) -> None:
+    """Check the values of a resolved config (types are checked when it is merged).
+
+    Every message names the key and says what is allowed. Called on every load: by
+    :func:`load_config` (command line, recipes) and :func:`load_saved_config` (resume, eval,
+    stage 2). ``explicit_milestones=False`` lets recipe/default lr milestones lie beyond a
+    shortened ``optim.epochs`` (they then never apply; :func:`load_config` warns).
+    """
+
+    def err(key: str, what: str, value: Any) -> ConfigError:
+        return ConfigError(f"config key '{key}'{f' in {where}' if where else ''} {what}, got {value!r}")
+
+    def need_int(key: str, lo: int, none_ok: bool = False) -> None:
+        v = get_key(cfg, key)
+        if v is None and none_ok:
+            return
+        if not _is_int(v) or v < lo:
+            raise err(key, f"must be an integer >= {lo}", v)
+
+    def need_num(key: str, lo: float, none_ok: bool = False) -> None:
+        v = get_key(cfg, key)
+        if v is None and none_ok:
+            return
+        if not _is_num(v) or v < lo:
+            raise err(key, f"must be a finite number >= {lo:g}", v)
+
+    need_int("seed", 0)
+    if cfg.get("seed") is not None and cfg["seed"] >= 2 ** 63:
+        raise err("seed", "must be below 2**63", cfg["seed"])
+    name = cfg.get("name")
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise err("name", "must be a non-empty folder name", name)
+        if "/" in name or "\\" in name or name in (".", "..") or "\0" in name or Path(name).is_absolute():
+            raise err("name", "must be a plain folder name inside output_dir (no '/', '\\', '.' or '..')", name)
+    if not isinstance(cfg.get("output_dir"), str) or not cfg["output_dir"]:
+        raise err("output_dir", "must be a folder path", cfg.get("output_dir"))
+    device = cfg.get("device")
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise err("device", "must be one of auto, cpu, cuda, cuda:N, mps", device)
+    # data
+    need_int("data.batch_size", 1)
+    need_int("data.eval_batch_size", 1)
+    need_int("data.num_workers", 0)
+    shots = get_key(cfg, "data.shot_thresholds")
+    if (not isinstance(shots, (list, tuple)) or len(shots) != 2 or not all(_is_int(t) and t >= 0 for t in shots)):
+        raise err("data.shot_thresholds", "must be [many, few], two integers >= 0 (many-shot: more than many "
+                  "training images, few-shot: fewer than few)", shots)
+    if shots[0] < shots[1]:
+        raise err("data.shot_thresholds", "must be [many, few] with many >= few (swapped?)", shots)
+    # optim
+    need_int("optim.epochs", 1)
+    need_num("optim.lr", 0)
+    need_num("optim.momentum", 0)
+    need_num("optim.weight_decay", 0)
+    need_int("optim.warmup_epochs", 0)
+    need_num("optim.min_lr", 0)
+    ms = get_key(cfg, "optim.milestones")
+    if not isinstance(ms, (list, tuple)) or not all(_is_int(m) and m >= 0 for m in ms):
+        raise err("optim.milestones", "must be a list of epoch numbers >= 0", ms)
+    if list(ms) != sorted(ms):
+        raise err("optim.milestones", "must be in increasing order", ms)
+    epochs = cfg["optim"]["epochs"]
+    if explicit_milestones and cfg["optim"].get("schedule") == "multistep" and any(m > epochs for m in ms):
+        raise err("optim.milestones", f"must lie within the run (<= optim.epochs={epochs}; epochs count from 0, "
+                  f"a milestone equal to optim.epochs never applies)", ms)
+    fs = get_key(cfg, "optim.milestone_factors")
+    if not isinstance(fs, (list, tuple)) or not all(_is_num(f) and f >= 0 for f in fs):
+        raise err("optim.milestone_factors", "must be a list of numbers >= 0", fs)
+    # mixup, eval, stage 2
+    need_num("mixup.alpha", 0)
+    need_int("mixup.until_epoch", 0, none_ok=True)
+    every = get_key(cfg, "eval.every")
+    if every != "auto" and (not _is_int(every) or every < 1):
+        raise err("eval.every", "must be a positive number of epochs (or 'auto')", every)
+    if isinstance(cfg.get("stage2"), dict):
+        need_int("stage2.epochs", 1)
+        need_num("stage2.lr", 0)
+        need_int("stage2.warmup_epochs", 0)
+        need_num("stage2.weight_decay", 0)
+        need_num("stage2.mixup_alpha", 0)
+        need_int("stage2.batch_size", 1, none_ok=True)
 
 
 def save_config(cfg: dict, path: Path) -> None:
     """Write a resolved config as YAML."""
     with open(path, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
+        yaml.dump(cfg, f, Dumper=_Dumper, sort_keys=False)
 
 
 def load_saved_config(path: Path) -> dict:
-    """Read a run folder's saved config (no recipe resolution)."""
-    return _read_yaml(Path(path))
+    """Read a run folder's saved config and check it against the schema, as on the command line.
+
+    A key the schema lacks, a badly typed or out-of-range value (e.g. a hand-edited
+    ``config.yaml``) raises ConfigError naming the file and the key; keys added to longtail
+    since the run was saved take their defaults.
+    """
+    path = Path(path)
+    saved = _read_yaml(path)
+    schema = defaults()
+    schema["recipe"] = None
+    where = f"saved config {path}"
+    cfg = _merge(copy.deepcopy(schema), saved, schema, where)
+    validate_config(cfg, where, explicit_milestones=False)
+    return cfg
 
 
 def get_key(cfg: dict, dotted: str) -> Any:

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .lt import DATASETS, DataBundle
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, size_needs
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -135,11 +135,12 @@ class ListFileDataset(Dataset):
                                         or num_classes < 1):
             raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.label_map: Optional[Dict[int, int]] = None
+        if (labels < 0).any():  # before any remapping: a negative label never becomes a class
+            i = int(np.argmax(labels < 0))
+            raise DataError(f"{self.list_file}:{line_numbers[i]}: label {labels[i]} is negative "
+                            f"(labels are integers >= 0)")
         if remap_labels is not False and remap_labels is not None:
             labels = self._remap(labels, line_numbers, remap_labels)
-        if (labels < 0).any():
-            i = int(np.argmax(labels < 0))
-            raise DataError(f"{self.list_file}:{line_numbers[i]}: label {labels[i]} is negative")
         if num_classes is None:
             num_classes = len(self.label_map) if self.label_map is not None else int(labels.max()) + 1
         num_classes = int(num_classes)
@@ -164,6 +165,60 @@ class ListFileDataset(Dataset):
             )
         self.classes = self._class_names()
         self.transform = transform
+
+    @property
+    def transform(self) -> Optional[Callable]:
+        """The transform applied in ``__getitem__``. Setting one of longtail's transforms that
+        needs a minimum image size or one size for all images (``data.augment`` ``cifar`` or
+        ``none``) checks the images' headers first (:meth:`check_image_sizes`)."""
+        return self._transform
+
+    @transform.setter
+    def transform(self, value: Optional[Callable]) -> None:
+        min_size, same = size_needs(value)
+        if min_size or same:
+            self.check_image_sizes(min_size, same)
+        self._transform = value
+
+    def check_files_exist(self) -> None:
+        """Raise DataError when a listed image file is missing (one ``stat`` per file; images are
+        not opened). The message names the first missing files with their list lines."""
+        missing = [i for i, rel in enumerate(self.paths) if not os.path.isfile(self.image_root / rel)]
+        if missing:
+            shown = "; ".join(f"{self.image_root / self.paths[i]} (line {self.line_numbers[i]})" for i in missing[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(f"{self.list_file}: {len(missing)} of {len(self.paths)} listed images not found: "
+                            f"{shown}{more}")
+
+    def check_image_sizes(self, min_size: int = 0, same_size: bool = False) -> None:
+        """Read every image's header (not its pixels) and raise DataError for an image smaller
+        than ``min_size`` on a side or, with ``same_size``, for images of different sizes (they
+        cannot be batched without a resize)."""
+        first: Optional[Tuple[int, Tuple[int, int]]] = None
+        for i in range(len(self.paths)):
+            path, where = self.image_path(i), f"{self.list_file}:{self.line_numbers[i]}"
+            try:
+                with Image.open(path) as img:
+                    size = img.size
+            except FileNotFoundError:
+                raise DataError(f"image not found: {path} (listed at {where})") from None
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+                raise DataError(f"cannot decode image {path} (listed at {where}): {err}") from None
+            if min(size) < min_size:
+                raise DataError(f"image {path} (listed at {where}) is {size[0]}x{size[1]}, smaller than the "
+                                f"{min_size}x{min_size} the training crop of data.augment=cifar needs; use "
+                                f"data.augment=imagenet, which resizes")
+            if same_size:
+                if first is None:
+                    first = (i, size)
+                elif size != first[1]:
+                    j, s0 = first
+                    raise DataError(
+                        f"images of different sizes in {self.list_file}: {self.image_path(j)} (line "
+                        f"{self.line_numbers[j]}) is {s0[0]}x{s0[1]} but {path} (line {self.line_numbers[i]}) is "
+                        f"{size[0]}x{size[1]}; this augment keeps the image size, so batches need one size: use "
+                        f"data.augment=imagenet, which resizes and crops"
+                    )
 
     def _remap(self, labels: np.ndarray, line_numbers: np.ndarray, remap: Any) -> np.ndarray:
         if remap is True:
@@ -225,7 +280,11 @@ class ListFileDataset(Dataset):
     def __getitem__(self, index: int) -> Tuple[Any, int]:
         image = self.load_image(index)
         if self.transform is not None:
-            image = self.transform(image)
+            try:
+                image = self.transform(image)
+            except DataError as err:
+                raise DataError(f"{self.image_path(index)} (listed at {self.list_file}:"
+                                f"{self.line_numbers[index]}): {err}") from None
         return image, int(self.targets[index])
 
 
@@ -298,6 +357,9 @@ def build_list_bundle(
 
     val = other(val_path) if val_path is not None else None
     test = other(test_path)
+    for ds in (train, val, test):  # a cheap stat per file, before a run folder exists
+        if ds is not None:
+            ds.check_files_exist()
     return DataBundle(train=train, test=test, val=val, num_classes=train.num_classes,
                       class_counts=train.class_counts, class_names=train.classes,
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, augment="imagenet", in_memory=False)

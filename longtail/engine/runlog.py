@@ -7,9 +7,17 @@ Layout of ``output_dir/name/``::
     last.pt          checkpoint of the latest finished epoch (atomic, every epoch)
     metrics.json     final-epoch evaluation + provenance (seed, versions, git commit, wall time)
     tb/              TensorBoard scalars (when the tensorboard package is installed)
+    .lock            exclusive ``fcntl`` lock of the process writing the folder (its PID inside)
+
+One process writes a run folder: :func:`lock_run_dir` takes an exclusive lock on ``.lock`` for
+the life of the process (released by :func:`release_run_dir`, or when the process ends, even by
+``kill -9``); a second process gets a CheckpointError naming the holder's PID. On resume,
+:func:`sync_log` rewrites ``log.jsonl`` to hold exactly the epochs the checkpoint covers.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
@@ -21,7 +29,123 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+
+LOCK_NAME = ".lock"
+_HELD: dict[str, int] = {}  # resolved run folder -> file descriptor holding its lock
+
+
+def os_reason(err: OSError) -> str:
+    """``No space left on device (ENOSPC)``: an OSError's reason without the traceback."""
+    code = errno.errorcode.get(err.errno or 0)
+    text = err.strerror or str(err)
+    return f"{text} ({code})" if code else text
+
+
+def _close_locks_in_child() -> None:
+    # A forked child (a DataLoader worker) must not keep the parent's locks alive after the parent
+    # is killed: drop its copies of the lock descriptors (the parent keeps the lock).
+    for fd in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return f"process {text}" if text.isdigit() else "another process (its PID is not recorded yet)"
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take the exclusive lock of a run folder for the life of this process.
+
+    Re-entrant within one process. Removes temporary files a killed process left behind
+    (``.last.pt.*.tmp``, ``metrics.json.tmp``): once the lock is held, nobody else is writing them.
+
+    Raises:
+        CheckpointError: Another process holds the lock (the message names its PID), or the
+            folder cannot be written (the message names the folder and the reason).
+    """
+    run_dir = Path(run_dir)
+    if holds_lock(run_dir):
+        return
+    key = str(run_dir.resolve())
+    path = run_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CheckpointError(f"cannot write in run folder {run_dir}: {os_reason(err)}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise CheckpointError(
+                f"run folder {run_dir} is in use by {holder} (lock file {path}); two processes must not "
+                f"write one run folder: wait for it to finish, or stop it and resume with --resume {run_dir}"
+            ) from None
+        raise CheckpointError(f"cannot lock run folder {run_dir}: {os_reason(err)}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as err:  # a full disk: the lock itself is held, the PID is informational
+        if err.errno != errno.ENOSPC:
+            os.close(fd)
+            raise CheckpointError(f"cannot write in run folder {run_dir}: {os_reason(err)}") from None
+    _HELD[key] = fd
+    remove_stale_tmp(run_dir)
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Release this process's lock of ``run_dir`` (no-op when not held)."""
+    fd = _HELD.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def holds_lock(run_dir: Path) -> bool:
+    """True when this process holds the lock of ``run_dir`` (a folder removed and made again since
+    it was locked is not held: the stale lock is dropped)."""
+    key = str(Path(run_dir).resolve())
+    fd = _HELD.get(key)
+    if fd is None:
+        return False
+    try:
+        a, b = os.fstat(fd), os.stat(Path(run_dir) / LOCK_NAME)
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            return True
+    except OSError:
+        pass
+    release_run_dir(run_dir)
+    return False
+
+
+def remove_stale_tmp(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes; returns what was removed."""
+    removed = []
+    for p in Path(run_dir).iterdir():
+        n = p.name
+        stale = (n.startswith(".") and n.endswith(".tmp")) or n in ("metrics.json.tmp", "log.jsonl.tmp")
+        if stale and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
 
 
 def software_versions() -> dict:
@@ -63,14 +187,30 @@ def default_run_name(cfg: dict, stage: int = 1) -> str:
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
-    """Create a fresh run folder; an existing one is never overwritten."""
+    """Create a fresh run folder and lock it (:func:`lock_run_dir`); an existing one is never
+    overwritten. Two processes racing for one name: one gets the folder, the other an error.
+
+    Raises:
+        ConfigError: ``name`` is not a plain folder name, or the folder already holds a run.
+        CheckpointError: The folder cannot be created or written (read-only, under a file, full
+            disk), or another process holds it.
+    """
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError(f"config key 'name' must be a plain folder name inside output_dir, got {name!r}")
     run = Path(output_dir) / name
-    if run.exists() and any(run.iterdir()):
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create run folder {run}: {os_reason(err)}") from None
+    held_before = holds_lock(run)
+    lock_run_dir(run)
+    if any(p.name != LOCK_NAME for p in run.iterdir()):
+        if not held_before:
+            release_run_dir(run)
         raise ConfigError(
             f"run folder {run} already exists; pick another name (name=...), resume it with "
             f"--resume {run}, or remove it"
         )
-    run.mkdir(parents=True, exist_ok=True)
     return run
 
 
@@ -87,11 +227,90 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (NaN/inf become null)."""
+    """Write JSON atomically (NaN/inf become null); an OSError becomes a CheckpointError naming
+    the file (a previous version of it is left as it was)."""
+    path = Path(path)
     tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(_clean(obj), f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(_clean(obj), f, indent=1)
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write {path}: {os_reason(err)}") from None
+
+
+def _parse_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL log. A half-written last line (a kill during the write) is dropped; an
+    unreadable line elsewhere raises CheckpointError naming the line."""
+    try:
+        lines = path.read_text(errors="replace").split("\n")
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {os_reason(err)}") from None
+    numbered = [(i + 1, l) for i, l in enumerate(lines) if l.strip()]
+    rows = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if k == len(numbered) - 1:
+                break  # the last line, cut short by an interrupted write
+            raise CheckpointError(f"{path}:{lineno}: not a log row (JSON object): {line[:80]!r}") from None
+        rows.append(row)
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = Path(str(path) + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write the log {path}: {os_reason(err)}") from None
+
+
+def sync_log(run_dir: Path, last_epoch: Optional[int]) -> list[dict]:
+    """Make ``log.jsonl`` hold exactly the epochs a checkpoint covers, and return those rows.
+
+    ``last_epoch``: the checkpoint's epoch, or None when there is no checkpoint (the log is
+    emptied). Rows of later epochs (written before a kill or a failed save), repeated rows and a
+    half-written last line are dropped; the file is rewritten atomically.
+
+    Raises:
+        CheckpointError: The log lacks an epoch the checkpoint covers (a checkpoint from a later
+            epoch than the log: the two do not belong together).
+    """
+    path = Path(run_dir) / "log.jsonl"
+    rows = _parse_rows(path) if path.exists() else []
+    keep: dict[int, dict] = {}
+    for row in rows:
+        e = row.get("epoch")
+        if isinstance(e, int) and last_epoch is not None and 0 <= e <= last_epoch:
+            keep[e] = row  # a repeated epoch: the later row is the one the checkpoint continued from
+    if last_epoch is not None:
+        missing = [e for e in range(last_epoch + 1) if e not in keep]
+        if missing:
+            have = max(keep) if keep else None
+            ends = f"ends at epoch {have}" if have is not None else "has no epoch"
+            raise CheckpointError(
+                f"checkpoint {Path(run_dir) / 'last.pt'} is from epoch {last_epoch} but the log {path} {ends} "
+                f"(missing epochs {', '.join(map(str, missing[:8]))}{', ...' if len(missing) > 8 else ''}); the "
+                f"checkpoint and the log do not belong together: restore the run's own log or last.pt"
+            )
+    kept = [keep[e] for e in sorted(keep)]
+    if path.exists() or kept:
+        _write_rows(path, kept)
+    return kept
 
 
 class EpochLog:
@@ -101,9 +320,8 @@ class EpochLog:
         self.path = Path(run_dir) / "log.jsonl"
         if truncate_after is not None and self.path.exists():
             # On resume keep only the epochs the checkpoint covers.
-            lines = [l for l in self.path.read_text().splitlines() if l.strip()]
-            keep = [l for l in lines if json.loads(l).get("epoch", -1) < truncate_after]
-            self.path.write_text("".join(l + "\n" for l in keep))
+            rows = _parse_rows(self.path)
+            _write_rows(self.path, [r for r in rows if r.get("epoch", -1) < truncate_after])
         self.tb = None
         if tensorboard:
             try:
@@ -114,8 +332,11 @@ class EpochLog:
                 self.tb = None
 
     def write(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(_clean(row)) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(_clean(row)) + "\n")
+        except OSError as err:
+            raise CheckpointError(f"cannot write the log {self.path}: {os_reason(err)}") from None
         if self.tb is not None:
             step = row.get("epoch", 0)
             for k, v in row.items():
@@ -128,7 +349,8 @@ class EpochLog:
 
 
 def read_log(run_dir: Path) -> list[dict]:
+    """The rows of ``run_dir/log.jsonl`` (a half-written last line is left out)."""
     path = Path(run_dir) / "log.jsonl"
     if not path.exists():
         return []
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return _parse_rows(path)

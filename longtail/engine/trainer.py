@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import load_saved_config, save_config
 from ..data import DataBundle, build_datasets, build_sampler
+from ..data.transforms import EpochIndexSampler, EpochSeededDataset
 from ..data.folder import annotate_metrics, resolve_auto
 from ..data.gpu import GpuLoader, iterate_eval
 from ..errors import CheckpointError, ConfigError, DivergenceError
@@ -29,8 +30,10 @@ from ..losses import LongTailLoss, build_loss
 from ..models import LongTailModel, build_model
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_model_state, save_atomic
+from .checkpoint import check_finite_state, kept_message
 from .metrics import Accumulator
 from .runlog import EpochLog, default_run_name, git_commit, new_run_dir, read_log, software_versions, write_json
+from .runlog import lock_run_dir, release_run_dir, sync_log
 from .precision import amp_dtype, auto_flag, channels_last_default
 from .schedule import check_schedule, lr_at
 from .step import MixupSchedule, TrainStep
@@ -155,12 +158,17 @@ class _DataLoaderAdapter:
 
     def __init__(self, dataset, sampler, batch_size: int, workers: int, device: torch.device, channels_last: bool):
         self.sampler, self.device, self.channels_last = sampler, device, channels_last
+        # every sample's augmentation is seeded from (epoch seed, index): the same images in any worker
+        # and in a resumed run; a private generator keeps the loader off the global RNG stream
+        self._indices = EpochIndexSampler(sampler)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-            pin_memory=device.type == "cuda", drop_last=False, persistent_workers=workers > 0)
+            EpochSeededDataset(dataset), batch_size=batch_size, sampler=self._indices, num_workers=workers,
+            pin_memory=device.type == "cuda", drop_last=False, persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(0))
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        # fit re-seeds the global RNGs from (seed, stage, epoch) just before: that seed is the epoch's
+        self._indices.set_epoch(epoch, torch.initial_seed())
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -356,17 +364,19 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
             if not math.isfinite(stats["loss"]):
                 raise DivergenceError(
                     f"training loss is {stats['loss']} in epoch {epoch} (stage {stage}, loss "
-                    f"'{type(run.loss_fn).__name__}', lr {lr:g}); the checkpoint of the last good epoch "
-                    f"is kept in {run_dir}"
+                    f"'{type(run.loss_fn).__name__}', lr {lr:g}); {kept_message(run_dir, last_saved)}"
                 )
             train_s = time.perf_counter() - t0
             row = {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": stats["loss"], "train_seconds": train_s,
+            last_saved = epoch - 1 if (epoch > start or start_ckpt is not None) else None  # last.pt's epoch
                    "images_per_second": stats["images"] / max(train_s, 1e-9)}
             if (epoch + 1) % every == 0 or epoch == epochs - 1:
                 metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, split), run.bundle.class_counts,
                                       amp=run.amp_dtype, many=many, few=few, feature_norms=cfg["eval"]["feature_norms"])
                 row.update({f"{split}.{k}": metrics[k] for k in ("top1", "many", "medium", "few", "nll", "ece")})
                 if "feature_norm" in metrics:
+            check_finite_state(run.model, optimizer, epoch=epoch, stage=stage, lr=lr, run_dir=run_dir,
+                               last_saved=last_saved, info=run.dist)  # never log or save a non-finite state
                     row[f"{split}.feature_norm"] = metrics.pop("feature_norm")
             row["seconds"] = time.perf_counter() - t0
             if not main:
@@ -378,7 +388,7 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
                     msg += " | " + _headline(metrics)
                 tqdm.write(msg)
             save_atomic({"model": run.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "stage": stage, "seed": seed}, run_dir / "last.pt")
+                         "stage": stage, "seed": seed}, run_dir / "last.pt")  # CheckpointError: the previous one is intact
     finally:
         if log is not None:
             log.close()
@@ -395,14 +405,17 @@ def make_run_dir(run: Run, name: str) -> Path:
     result = None
     if run.dist.is_main:
         try:
-            run_dir = new_run_dir(run.cfg["output_dir"], name)
-            save_config(run.cfg, run_dir / "config.yaml")
+            run_dir = new_run_dir(run.cfg["output_dir"], name)  # locked for this process
+            try:
+                save_config(run.cfg, run_dir / "config.yaml")
+            except OSError as err:
+                raise CheckpointError(f"cannot write {run_dir / 'config.yaml'}: {err.strerror or err}") from None
             result = ("ok", str(run_dir))
-        except ConfigError as err:
-            result = ("error", str(err))
+        except (ConfigError, CheckpointError) as err:
+            result = (type(err).__name__, str(err))
     result = dist.broadcast_object(result, run.dist)
-    if result[0] == "error":
-        raise ConfigError(result[1])
+    if result[0] != "ok":
+        raise (CheckpointError if result[0] == "CheckpointError" else ConfigError)(result[1])
     return Path(result[1])
 
 
@@ -430,6 +443,17 @@ def train(cfg: dict, resume: Optional[Path] = None, quiet: Optional[bool] = None
         resume: A run folder to continue; its saved config is used and ``cfg`` ignored.
         quiet: Override the config's ``quiet`` (the only setting a resumed run may change).
 
+def _check_resume_checkpoint(ckpt: dict, path: Path, cfg: dict) -> None:
+    """A checkpoint that cannot belong to this run's config is an error, not a silent restart."""
+    epochs = int(cfg["optim"]["epochs"])
+    if int(ckpt["epoch"]) >= epochs:
+        raise CheckpointError(f"{path} is from epoch {ckpt['epoch']} but the run's config.yaml has optim.epochs={epochs} "
+                              f"(epochs count from 0); the checkpoint and config.yaml do not belong together")
+    if "seed" in ckpt and ckpt["seed"] != cfg["seed"]:
+        raise CheckpointError(f"{path} was trained with seed {ckpt['seed']} but the run's config.yaml has "
+                              f"seed {cfg['seed']}; the checkpoint and config.yaml do not belong together")
+
+
     Returns:
         The run folder and the final metrics.
     """
@@ -439,13 +463,18 @@ def train(cfg: dict, resume: Optional[Path] = None, quiet: Optional[bool] = None
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"{run_dir} is not a longtail run folder (no config.yaml)")
-        cfg = load_saved_config(run_dir / "config.yaml")
+        main = dist.from_env().is_main
+        if main:
+            lock_run_dir(run_dir)  # one process per run folder (names the holder's PID); removes stale .tmp files
+        cfg = load_saved_config(run_dir / "config.yaml")  # checked against the schema
         ckpt_path = run_dir / "last.pt"
         if ckpt_path.exists():
             ckpt = load_checkpoint(ckpt_path)
             if int(ckpt.get("stage", 1)) != 1:
                 raise CheckpointError(f"{ckpt_path} is a stage-{ckpt.get('stage')} checkpoint; resume it with longtail retrain")
-        prior = read_log(run_dir)
+            _check_resume_checkpoint(ckpt, ckpt_path, cfg)
+        # the log holds exactly the checkpoint's epochs (none without one); a half-written line is dropped
+        prior = sync_log(run_dir, ckpt["epoch"] if ckpt else None) if main else read_log(run_dir)
         t0 -= sum(r.get("seconds", 0.0) for r in prior if ckpt and r.get("epoch", 1 << 30) <= ckpt["epoch"])
     if quiet is not None:
         cfg["quiet"] = bool(quiet)
@@ -467,3 +496,4 @@ def train(cfg: dict, resume: Optional[Path] = None, quiet: Optional[bool] = None
     out = finish(run, run_dir, metrics, time.perf_counter() - t0, 1, cfg["optim"]["epochs"])
     dist.barrier(run.dist)
     return run_dir, out
+    release_run_dir(run_dir)  # the run is complete (on errors the lock goes with the process)
