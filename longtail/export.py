@@ -57,7 +57,7 @@ def export_run(run_dir: Path, fmt: str = "onnx", out: Optional[Path] = None, pre
         try:
             import onnx
         except ImportError:
-            raise LongTailError("ONNX export needs the onnx package: pip install 'longtail[export]' "
+            raise LongTailError("ONNX export needs the onnx package: pip install -e '.[export]' "
                                 "(onnx, onnxruntime)") from None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

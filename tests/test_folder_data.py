@@ -38,7 +38,7 @@ def test_folder_classes_holdout_and_cache(tmp_path, monkeypatch):
     # hold-out: 4 per class, at most half of a class (emu: 3 -> 1)
     assert b.test.class_counts.tolist() == [4, 4, 1]
     assert b.class_counts.tolist() == [26, 4, 2]
-    assert b.in_memory and b.train.data.shape[1:] == (12, 12, 3) and b.augment == "cifar"
+    assert b.in_memory and b.train.data.shape[1:] == (32, 32, 3) and b.augment == "cifar"  # upscaled to 32
     info = b.info
     assert info["holdout"]["test_counts"] == [4, 4, 1] and info["holdout"]["seed"] == 0
     assert info["ignored_files"]["count"] == 1 and info["skipped"]["count"] == 0

@@ -93,7 +93,7 @@ def test_export_onnx_matches_pytorch(runs, key):
     pytest.importorskip("onnx")
     path = export_run(runs[key], "onnx", runs["tmp"] / f"{key}.onnx", prefer_stage2=False)
     meta = json.loads(Path(str(path) + ".json").read_text())
-    assert meta["class_names"] == ["apple", "kiwi", "plum"] and meta["input"]["shape"][1:] == [3, 12, 12]
+    assert meta["class_names"] == ["apple", "kiwi", "plum"] and meta["input"]["shape"][1:] == [3, 32, 32]
     loaded = load_run(runs[key], prefer_stage2=False)
     files = collect_images([str(runs["data"] / "test")])[::2]
     x = torch.stack([preprocess_image(f, loaded.preprocess) for f in files])  # real inputs, batch of 6
@@ -112,7 +112,7 @@ def test_export_cli_onnx_and_torchscript(runs, capsys):
     assert "stage-2" in capsys.readouterr().out
     m = torch.jit.load(str(out))
     loaded = load_run(runs["gcl"])
-    x = torch.randn(3, 3, 12, 12)
+    x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(m(x), loaded.module(x), atol=1e-5)
     pytest.importorskip("onnx")

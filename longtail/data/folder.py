@@ -32,7 +32,8 @@ names are printed and recorded in ``metrics.json`` (``data.skipped``). Files tha
 
 Small images (every image at most ``small_max`` = 64 pixels a side, or ``image_size <= small_max``)
 are decoded once into a uint8 array (N, S, S, 3) -- resized to ``image_size``, or to the most common
-side -- and cached on disk (``cache_dir``, default ``$LONGTAIL_CACHE`` or ``~/.cache/longtail``),
+side but at least 32 (CIFAR's size, so that the ``cifar`` augmentation's crop padding of 4 pixels stays in
+proportion) -- and cached on disk (``cache_dir``, default ``$LONGTAIL_CACHE`` or ``~/.cache/longtail``),
 keyed by a hash of the file list (paths, sizes, modification times) and the size: the in-memory
 CPU / GPU-resident paths then apply as for CIFAR (augment ``cifar``, ResNet-32 by the recipes'
 ``model.backbone: auto``, normalization by the training set's channel statistics). Larger images are
@@ -67,7 +68,8 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
                     ".pnm", ".jfif")
 SPLIT_NAMES = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+SMALL_MIN = 32  # small images below this side are upscaled to it (CIFAR's size: the crop padding 4 stays in proportion)
 SHOWN = 10  # culprits named in a message before "... and N more"
 
 # -- images -------------------------------------------------------------------------------------
@@ -386,7 +388,7 @@ def decode_all(paths: List[Path], image_size: Optional[int], small_max: int, cac
         small, size = image_size <= small_max, int(image_size)
     else:
         small = bool(good) and all(r[3] is not None for r in good)
-        size = _common_side([r[2] for r in good]) if small else 224
+        size = max(_common_side([r[2] for r in good]), SMALL_MIN) if small else 224
     data = None
     if small:
         data = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
@@ -655,7 +657,7 @@ def build_folder(
         skip_bad: Skip (and report) bad files and folders instead of raising (``data.skip_bad``).
         image_size: Resize to this square side; ``<= small_max`` keeps the images in memory,
             larger is the crop of the ``imagenet`` augmentation. Default: the images' common side
-            when they are small, else 224.
+            (at least 32) when they are small, else 224.
         holdout_per_class: Test images held out per class when there is no ``test/`` folder.
         val_per_class: Validation images held out per class when there is no ``val/`` (0: none).
         split_seed: Seed of the hold-out.

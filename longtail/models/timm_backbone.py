@@ -1,5 +1,5 @@
 """``model.backbone=timm/<name>``: any `timm <https://github.com/huggingface/pytorch-image-models>`_
-model as a backbone (optional: ``pip install 'longtail[timm]'``).
+model as a backbone (optional: ``pip install -e '.[timm]'``).
 
 The model is created with ``timm.create_model(name, pretrained=False, num_classes=0)``, so it
 returns pooled features ``(N, num_features)`` and longtail's heads (linear, cosine, LWS) sit on top.
@@ -74,7 +74,7 @@ def build_timm_backbone(name: str, pretrained: Optional[Union[str, "os.PathLike[
     try:
         import timm
     except ImportError:
-        raise ConfigError(f"model.backbone=timm/{name} needs the timm package: pip install 'longtail[timm]'") from None
+        raise ConfigError(f"model.backbone=timm/{name} needs the timm package: pip install -e '.[timm]'") from None
     if not name or not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:10] if name else []
         hint = f"; similar: {', '.join(close)}" if close else ""
