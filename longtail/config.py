@@ -275,7 +275,7 @@ def _late_milestones(cfg: dict) -> list:
     optim = cfg.get("optim") or {}
     if optim.get("schedule") != "multistep":
         return []
-    epochs = optim.get("epochs")
+    epochs = optim.get("nominal_epochs") or optim.get("epochs")
     return [m for m in optim.get("milestones") or [] if isinstance(epochs, int) and isinstance(m, int) and m > epochs]
 
 
@@ -353,10 +353,13 @@ def validate_config(cfg: dict, where: Optional[str] = None, explicit_milestones:
         raise err("optim.milestones", "must be a list of epoch numbers >= 0", ms)
     if list(ms) != sorted(ms):
         raise err("optim.milestones", "must be in increasing order", ms)
-    epochs = cfg["optim"]["epochs"]
+    # folder recipes write epoch keys for optim.nominal_epochs; they move with the run's length later
+    nominal = cfg["optim"].get("nominal_epochs")
+    epochs, total_key = (nominal, "optim.nominal_epochs") if _is_int(nominal) and nominal > 0 else (
+        cfg["optim"]["epochs"], "optim.epochs")
     if explicit_milestones and cfg["optim"].get("schedule") == "multistep" and any(m > epochs for m in ms):
-        raise err("optim.milestones", f"must lie within the run (<= optim.epochs={epochs}; epochs count from 0, "
-                  f"a milestone equal to optim.epochs never applies)", ms)
+        raise err("optim.milestones", f"must lie within the run (<= {total_key}={epochs}; epochs count from 0, "
+                  f"a milestone equal to {total_key} never applies)", ms)
     fs = get_key(cfg, "optim.milestone_factors")
     if not isinstance(fs, (list, tuple)) or not all(_is_num(f) and f >= 0 for f in fs):
         raise err("optim.milestone_factors", "must be a list of numbers >= 0", fs)
@@ -393,6 +396,10 @@ def load_saved_config(path: Path) -> dict:
     schema = defaults()
     schema["recipe"] = None
     where = f"saved config {path}"
+    lost = [k for k in ("data", "model", "loss", "optim") if k not in saved]
+    if lost:
+        raise ConfigError(f"{where} lacks the block(s) {', '.join(lost)}: it is not the config this run was "
+                          f"trained with (restore it, or start a new run)")
     cfg = _merge(copy.deepcopy(schema), saved, schema, where)
     validate_config(cfg, where, explicit_milestones=False)
     return cfg

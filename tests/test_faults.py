@@ -547,6 +547,23 @@ def test_invalid_saved_config_is_a_clear_error_on_resume_and_eval(tmp_path, caps
         assert culprit in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_saved_config_missing_or_broken_blocks(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("seed: 0\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml lacks the block\(s\) data, model, loss, optim"):
+        load_saved_config(path)
+    path.write_text("data: {}\nmodel: {}\nloss: {}\noptim: null\n")
+    with pytest.raises(ConfigError, match=r"'optim' in saved config .*config\.yaml must be a mapping"):
+        load_saved_config(path)
+
+
+def test_milestones_in_nominal_epochs_are_checked_against_them():
+    cfg = load_config(None, ["optim.nominal_epochs=200", "optim.epochs=5", "optim.milestones=[100,150]"])
+    assert cfg["optim"]["milestones"] == [100, 150]
+    with pytest.raises(ConfigError, match=r"optim\.milestones.*optim\.nominal_epochs=200"):
+        load_config(None, ["optim.nominal_epochs=200", "optim.milestones=[100,250]"])
+
+
 @pytest.mark.parametrize("content, why", [(b"", "empty"), (os.urandom(4096), "not a readable PyTorch"),
                                           (b"PK\x03\x04" + os.urandom(100), "not a readable PyTorch")],
                          ids=["zero-bytes", "random-bytes", "truncated-zip"])
