@@ -214,3 +214,25 @@ def test_resolve_auto_scales_schedule(tmp_path):
     before = json.dumps(plain, sort_keys=True)
     F.resolve_auto(plain)
     assert json.dumps(plain, sort_keys=True) == before
+
+
+def test_train_predict_on_lazy_images_with_skip_bad(tmp_path, capsys):
+    """Large-image path (DataLoader, imagenet augmentation) end to end, with a bad file skipped."""
+    from longtail.engine.trainer import train
+    from longtail.predict import collect_images, load_run, predict
+
+    root = write_images(tmp_path / "imgs", {"a": 6, "b": 4}, size=(48, 40), ext="jpg")
+    (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    common = [f"data.root={root}", f"data.params.cache_dir={tmp_path / 'c'}", "data.params.small_max=32",
+              "data.params.image_size=40", "data.params.holdout_per_class=1", "model.backbone=resnet32",
+              "optim.epochs=1", "data.batch_size=8", "data.num_workers=0", "tensorboard=false", "quiet=true",
+              f"output_dir={tmp_path / 'runs'}"]
+    with pytest.raises(DataError, match="broken.jpg"):
+        train(load_config("folder/ce", common))
+    run, m = train(load_config("folder/ce", common + ["data.skip_bad=true"]))
+    assert "skipped 1 bad item" in capsys.readouterr().err
+    assert m["data"]["skipped"]["count"] == 1 and "broken.jpg" in m["data"]["skipped"]["items"][0]
+    assert not m["data"]["in_memory"] and m["data"]["preprocess"]["kind"] == "large"
+    assert m["data"]["augment"] == "imagenet" and [r["name"] for r in m["per_class"]] == ["a", "b"]
+    rows = predict(load_run(run), collect_images([str(root / "a")]), topk=2)
+    assert len(rows) == 6 and rows[0]["top"][0]["class"] in ("a", "b")

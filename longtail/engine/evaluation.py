@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..config import load_config, load_saved_config
+from ..data.folder import annotate_metrics
 from ..errors import CheckpointError
 from ..losses import build_loss
 from ..models import LWSHead, tau_normalize
@@ -42,6 +43,7 @@ def evaluate_run(run_dir: Path, *, split: Optional[str] = None, checkpoint: Opti
     metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, split), run.bundle.class_counts,
                           amp=run.amp_dtype, many=many, few=few)
     metrics.update({"split": split, "checkpoint": str(ckpt_path), "epoch": int(ckpt["epoch"]), "stage": stage})
+    annotate_metrics(metrics, run.bundle)  # class names in per_class and the data report, as in metrics.json
     if out is not None:
         write_json(metrics, Path(out))
     return metrics
