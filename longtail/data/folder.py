@@ -356,7 +356,16 @@ class _Decoded:
     cache_file: Optional[str]
 
 
-_MEMO: Dict[str, _Decoded] = {}
+_MEMO: Dict[str, _Decoded] = {}  # this process's last decodes (a run builds its data twice: resolve_auto, build)
+_MEMO_SIZE = 2
+
+
+def _remember(key: str, value: _Decoded) -> _Decoded:
+    _MEMO.pop(key, None)
+    _MEMO[key] = value
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.pop(next(iter(_MEMO)))
+    return value
 
 
 def decode_all(paths: List[Path], image_size: Optional[int], small_max: int, cache: bool,
@@ -364,7 +373,7 @@ def decode_all(paths: List[Path], image_size: Optional[int], small_max: int, cac
     """Decode (or load from the cache) every image of the flat list ``paths``."""
     key = _file_key(paths, {"image_size": image_size, "small_max": small_max})
     if key in _MEMO:
-        return _MEMO[key]
+        return _remember(key, _MEMO[key])
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     meta_path, arr_path = folder / f"{key}.json", folder / f"{key}.npy"
     if cache and meta_path.is_file():
@@ -374,8 +383,7 @@ def decode_all(paths: List[Path], image_size: Optional[int], small_max: int, cac
             if data is None or (data.dtype == np.uint8 and data.shape[0] == len(paths)):
                 out = _Decoded({int(k): v for k, v in meta["bad"].items()}, meta["modes"], meta["small"],
                                meta["size"], data, str(arr_path if meta["small"] else meta_path))
-                _MEMO[key] = out
-                return out
+                return _remember(key, out)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is rebuilt
     n_workers = workers or min(8, os.cpu_count() or 1)
@@ -413,9 +421,7 @@ def decode_all(paths: List[Path], image_size: Optional[int], small_max: int, cac
             cache_file = str(arr_path if small else meta_path)
         except OSError as err:
             warnings.warn(f"longtail: cannot write the image cache in {folder}: {err}")
-    out = _Decoded(bad, modes, small, size, data, cache_file)
-    _MEMO[key] = out
-    return out
+    return _remember(key, _Decoded(bad, modes, small, size, data, cache_file))
 
 
 # -- datasets -----------------------------------------------------------------------------------
