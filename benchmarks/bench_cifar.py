@@ -69,8 +69,10 @@ from torchvision import transforms as T  # noqa: E402
 
 from longtail.config import EPOCH_KEYS_STAGE1, load_config, scaled_epoch_overrides  # noqa: E402
 from longtail.data import build_datasets, build_sampler  # noqa: E402
+from longtail.engine.precision import channels_last_default, cpu_bf16_supported  # noqa: E402
 from longtail.engine.schedule import lr_at  # noqa: E402
-from longtail.engine.trainer import amp_dtype, evaluate, resolve_device, seed_everything, train  # noqa: E402
+from longtail.engine.trainer import (amp_dtype, build, eval_batches, eval_every, evaluate, resolve_device,  # noqa: E402
+                                     seed_everything, train)
 from longtail.losses import build_loss  # noqa: E402
 from longtail.models import build_model  # noqa: E402
 
@@ -308,6 +310,157 @@ def part_fast(args, base: list[str], device: torch.device, workdir: Path, log: C
     return out
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def part_eval(args, base: list[str], device: torch.device, log: Callable) -> dict:
+    """Seconds for one evaluation of the test split: longtail's (the run's amp / layout / eval
+    batch) and the conventional loop's (DataLoader + PIL, fp32); median of ``--eval-repeats``."""
+    cfg = load_config(args.recipe, base + ["quiet=true"])
+    run = build(cfg)
+    many, few = cfg["data"]["shot_thresholds"]
+    fast = []
+    for _ in range(args.eval_repeats):
+        t0 = time.perf_counter()
+        evaluate(run.model, run.loss_fn, eval_batches(run, "test"), run.bundle.class_counts, amp=run.amp_dtype,
+                 many=many, few=few)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        fast.append(time.perf_counter() - t0)
+    n = len(run.bundle.test.targets)
+    del run
+    conv = Conventional(cfg, device, args.workers)
+    conv.loss_fn = build_loss(cfg["loss"]["name"], conv.bundle.class_counts, **cfg["loss"]["params"]).to(device)
+    slow = []
+    for _ in range(args.eval_repeats):
+        t0 = time.perf_counter()
+        conv.evaluate()
+        slow.append(time.perf_counter() - t0)
+    log(f"  evaluation of {n} test images: longtail {_median(fast):.2f} s, conventional {_median(slow):.2f} s")
+    return {"test_images": n, "fast_seconds": fast, "conventional_seconds": slow,
+            "fast_eval_seconds": _median(fast), "conventional_eval_seconds": _median(slow)}
+
+
+def _launch(argv: list[str], logfile: Path, threads: Optional[int]) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    fh = open(logfile, "w")
+    fh.write(f"$ OMP_NUM_THREADS={threads} {shlex.join(argv)}\n")
+    fh.flush()
+    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    proc._logfile = fh  # closed by _wait
+    return proc
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    rc = proc.wait()
+    proc._logfile.close()
+    return rc
+
+
+def _train_rates(run_dir: Path, warmup: int) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [r["images_per_second"] for r in rows[warmup:]] or [rows[-1]["images_per_second"]]
+
+
+def part_concurrency(args, base: list[str], device: torch.device, workdir: Path, log: Callable) -> dict:
+    """One run with all CPU threads against ``cores`` single-threaded runs at once (``longtail
+    train`` processes, training throughput only): which one gets more images/s in aggregate."""
+    cores = os.cpu_count() or 1
+    epochs = args.warmup_epochs + args.timed_epochs
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def argv(name: str) -> list[str]:
+        return [sys.executable, "-m", "longtail", "train", args.recipe, *base, f"optim.epochs={epochs}",
+                "eval.every=1000000", f"output_dir={workdir}", f"name={name}", "quiet=true", "tensorboard=false"]
+
+    shutil.rmtree(workdir / "one", ignore_errors=True)
+    t0 = time.perf_counter()
+    if _wait(_launch(argv("one"), workdir / "one.log", cores)):
+        raise RuntimeError(f"the {cores}-thread run failed:\n{_tail(workdir / 'one.log')}")
+    one_wall = time.perf_counter() - t0
+    one = _median(_train_rates(workdir / "one", args.warmup_epochs))
+    names = [f"each-{i}" for i in range(cores)]
+    for n in names:
+        shutil.rmtree(workdir / n, ignore_errors=True)
+    t0 = time.perf_counter()
+    procs = [_launch(argv(n), workdir / f"{n}.log", 1) for n in names]
+    rcs = [_wait(p) for p in procs]
+    many_wall = time.perf_counter() - t0
+    if any(rcs):
+        raise RuntimeError(f"a single-threaded run failed:\n{_tail(workdir / (names[rcs.index(next(r for r in rcs if r))] + '.log'))}")
+    each = [_median(_train_rates(workdir / n, args.warmup_epochs)) for n in names]
+    agg = sum(each)
+    winner = "concurrent" if agg > one else "one"
+    log(f"  one run x {cores} threads: {one:,.0f} img/s; {cores} runs x 1 thread: {' + '.join(f'{e:,.0f}' for e in each)} "
+        f"= {agg:,.0f} img/s -> {winner}")
+    return {"cores": cores, "one_run_threads": cores, "one_run_images_per_second": one, "one_run_wall_s": one_wall,
+            "concurrent_runs": cores, "concurrent_images_per_second": each, "aggregate_images_per_second": agg,
+            "concurrent_wall_s": many_wall, "ratio": agg / one, "better": winner}
+
+
+def part_stage2(args, base: list[str], device: torch.device, workdir: Path, log: Callable) -> dict:
+    """Stage-2 seconds per epoch on a frozen backbone: the recipe's re-training (images through the
+    backbone every epoch), and the cached-feature path (cRT with no augmentation and no mixup)."""
+    from longtail.engine.stage2 import retrain
+
+    cfg0 = load_config(args.recipe, base)
+    common = [f"output_dir={workdir}", "quiet=true", "tensorboard=false"]
+    shutil.rmtree(workdir, ignore_errors=True)
+    s1_dir, _ = train(load_config(args.recipe, base + common + ["optim.epochs=1", "name=stage1"]))
+    out = {"recipe_stage2_epochs": int(cfg0["stage2"]["epochs"]), "timed_epochs": args.stage2_timed_epochs}
+    variants = [("recipe", []),
+                ("cached", ["data.augment=none", "stage2.mixup_alpha=0", "stage2.cache_features=true",
+                            "stage2.method=crt"])]
+    for key, extra in variants:
+        t0 = time.perf_counter()
+        d, m = retrain(s1_dir, [f"stage2.epochs={args.stage2_timed_epochs}", f"name=stage2-{key}", "eval.every=1000000",
+                                *common, *extra])
+        wall = time.perf_counter() - t0
+        rows = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines() if line.strip()]
+        per_epoch = _median([r["train_seconds"] for r in rows])
+        out[key] = {"overrides": extra, "wall_s": wall, "train_seconds_per_epoch": per_epoch,
+                    "feature_cache": m.get("stage2_feature_cache"), "feature_cache_seconds": m.get("feature_cache_seconds"),
+                    "epochs": args.stage2_timed_epochs}
+        log(f"  stage 2 ({key}): {per_epoch:.2f} s per epoch"
+            + (f", features computed once in {m['feature_cache_seconds']:.1f} s" if m.get("feature_cache_seconds") else ""))
+    return out
+
+
+def n_evaluations(every, device: torch.device, epochs: int) -> int:
+    k = eval_every(every, device, epochs)
+    return len({e for e in range(epochs) if (e + 1) % k == 0} | {epochs - 1})
+
+
+def projections(report: dict) -> dict:
+    """Projected wall time of the recipe's full schedule from the measured parts (seconds)."""
+    r, s = report["results"], report["settings"]
+    device = torch.device(s["device"])
+    cfg = load_config(s["recipe"], s["overrides"])
+    epochs = int(cfg["optim"]["epochs"])
+    ev = r.get("eval") or {}
+    out = {"epochs": epochs}
+    fast, conv = r.get("fast"), r.get("conventional")
+    if fast:
+        n = n_evaluations(cfg["eval"]["every"], device, epochs)
+        t = epochs * fast["seconds_per_epoch"] + n * ev.get("fast_eval_seconds", 0.0)
+        out["fast"] = {"evaluations": n, "stage1_s": t, "eval_included": bool(ev)}
+    if conv:
+        t = epochs * conv["seconds_per_epoch"] + epochs * ev.get("conventional_eval_seconds", 0.0)
+        out["conventional"] = {"evaluations": epochs, "stage1_s": t, "eval_included": bool(ev)}
+    s2 = r.get("stage2")
+    if s2 and fast:
+        e2 = s2["recipe_stage2_epochs"]
+        n2 = n_evaluations(cfg["eval"]["every"], device, e2)
+        out["fast"]["stage2_s"] = e2 * s2["recipe"]["train_seconds_per_epoch"] + n2 * ev.get("fast_eval_seconds", 0.0)
+        out["fast"]["stage2_evaluations"] = n2
+        out["fast"]["total_s"] = out["fast"]["stage1_s"] + out["fast"]["stage2_s"]
+    return out
+
+
 def resolved_switches(cfg: dict, device: torch.device) -> dict:
     """What the fast-path switches (``auto`` by default) resolve to on ``device``."""
     cuda = device.type == "cuda"
@@ -317,10 +470,10 @@ def resolved_switches(cfg: dict, device: torch.device) -> dict:
 
     dt = amp_dtype(cfg, device)
     return {"amp": str(dt).replace("torch.", "") if dt is not None else "none",
-            "channels_last": auto(cfg["channels_last"], cuda),
+            "channels_last": auto(cfg["channels_last"], channels_last_default(device)),
             "cuda_graph": auto(cfg["cuda_graph"], cuda) and cuda,
             "compile": bool(cfg["compile"]),
-            "fused_optimizer": (auto(cfg["fused_optimizer"], cuda) or auto(cfg["cuda_graph"], cuda)) and cuda,
+            "fused_optimizer": (auto(cfg["fused_optimizer"], cuda) or (auto(cfg["cuda_graph"], cuda) and cuda)),
             "data.gpu_resident": auto(cfg["data"]["gpu_resident"], True)}
 
 
@@ -422,6 +575,10 @@ def machine_info(device: torch.device) -> dict:
             info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     except OSError:
         info["cpu"] = platform.processor() or None
+    if device.type == "cpu":
+        info["cpu_bf16_native"] = cpu_bf16_supported()
+        info["cpu_capability"] = getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)()
+        info["torch_threads"] = torch.get_num_threads()
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update({"gpu": torch.cuda.get_device_name(device), "gpu_count": torch.cuda.device_count(),
@@ -438,10 +595,12 @@ def _f(v, fmt="{:.3f}") -> str:
 def markdown(report: dict) -> str:
     r, m, s = report["results"], report["machine"], report["settings"]
     where = m.get("gpu") or m.get("cpu") or "CPU"
-    lines = [f"# CIFAR-LT one-GPU benchmark: `{s['recipe']}` on {s['dataset']}", "",
+    lines = [f"# CIFAR-LT benchmark ({m['device']}): `{s['recipe']}` on {s['dataset']}", "",
              f"- command: `{report['command']}`",
              f"- machine: {where} ({m['device']}); torch {m['torch']}, torchvision {m['torchvision']}, "
-             f"CUDA {m.get('cuda')}, cuDNN {m.get('cudnn', '-')}; {m['cpu_count']} CPUs ({m.get('cpu')})",
+             f"CUDA {m.get('cuda')}, cuDNN {m.get('cudnn', '-')}; {m['cpu_count']} CPUs ({m.get('cpu')}"
+             + (f", {m.get('cpu_capability')}, native bf16: {'yes' if m.get('cpu_bf16_native') else 'no'}, "
+                f"{m.get('torch_threads')} torch threads" if "cpu_bf16_native" in m else "") + ")",
              f"- date: {report['date']}; data: {s['data']}", ""]
     conv, fast, comp = r.get("conventional"), r.get("fast"), r.get("fast_compile")
     lines += [f"## Training throughput (seconds per epoch: median of {s['timed_epochs']} epochs after "
@@ -465,10 +624,12 @@ def markdown(report: dict) -> str:
         d = r.get(key)
         if d and d.get("graph_warnings"):
             lines.append(f"\n{key}: " + "; ".join(d["graph_warnings"]))
+    lines += cpu_sections(report)
     e2e, ce2e = r.get("e2e"), r.get("conventional_e2e")
-    lines += ["", "## End to end: two-stage recipe (stage 1 + `retrain` stage 2 + evaluation every epoch)", "",
-              "| path | stage-1 epochs | stage-2 epochs | stage 1 s | stage 2 s | total s | stage-1 top-1 | final top-1 | many | medium | few |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if e2e or ce2e:
+        lines += ["", "## End to end: two-stage recipe (stage 1 + `retrain` stage 2 + evaluation every epoch)", "",
+                  "| path | stage-1 epochs | stage-2 epochs | stage 1 s | stage 2 s | total s | stage-1 top-1 | final top-1 | many | medium | few |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
     if e2e:
         lines.append(f"| (c) longtail (`longtail train` + `longtail retrain`, wall of the processes) | {e2e['stage1_epochs']} | "
                      f"{e2e['stage2_epochs']} | {e2e['stage1_wall_s']:.1f} | {_f(e2e.get('stage2_wall_s'), '{:.1f}')} | "
@@ -490,6 +651,55 @@ def markdown(report: dict) -> str:
         lines += ["", "## Failed parts", ""] + [f"- {e['part']}: {e['error'].splitlines()[0] if e['error'] else ''}"
                                                  for e in report["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def cpu_sections(report: dict) -> list[str]:
+    """Markdown for (e) evaluation, the projected full recipe, (f) concurrency and (g) stage 2."""
+    r, proj = report["results"], report.get("projection", {})
+    lines: list[str] = []
+    ev = r.get("eval")
+    if ev:
+        lines += ["", f"## (e) One evaluation of the {ev['test_images']:,} test images (median of "
+                      f"{len(ev['fast_seconds'])})", "",
+                  "| path | seconds |", "|---|---|",
+                  f"| conventional (DataLoader + PIL, fp32) | {ev['conventional_eval_seconds']:.2f} |",
+                  f"| longtail (run's amp, layout and eval batch) | {ev['fast_eval_seconds']:.2f} |"]
+    if proj.get("fast") or proj.get("conventional"):
+        e = proj["epochs"]
+        lines += ["", f"## Projected wall time of the full {e}-epoch stage 1 (training + evaluations)", "",
+                  "| path | evaluations | projected stage 1 | minutes | speed-up |", "|---|---|---|---|---|"]
+        base = proj.get("conventional", {}).get("stage1_s")
+        for key, label in (("conventional", "(a) conventional, evaluating every epoch"),
+                           ("fast", "(b) longtail, `eval.every` of the config")):
+            d = proj.get(key)
+            if d:
+                ratio = f"{base / d['stage1_s']:.2f}x" if base else "-"
+                lines.append(f"| {label} | {d['evaluations']} | {d['stage1_s']:,.0f} s | {d['stage1_s'] / 60:.1f} | {ratio} |")
+        f = proj.get("fast", {})
+        if "stage2_s" in f:
+            lines.append(f"\nWith stage 2 ({r['stage2']['recipe_stage2_epochs']} epochs, {f['stage2_evaluations']} "
+                         f"evaluations): {f['stage2_s']:,.0f} s; both stages {f['total_s']:,.0f} s "
+                         f"({f['total_s'] / 60:.1f} min).")
+        if not r.get("eval"):
+            lines.append("\n(evaluation not timed: projections are training only)")
+    c = r.get("concurrency")
+    if c:
+        each = " + ".join(f"{v:,.0f}" for v in c["concurrent_images_per_second"])
+        lines += ["", "## (f) Concurrency: one run on every thread vs single-threaded runs at once", "",
+                  "| setting | images/s (training) |", "|---|---|",
+                  f"| 1 run x {c['one_run_threads']} threads | {c['one_run_images_per_second']:,.0f} |",
+                  f"| {c['concurrent_runs']} runs x 1 thread, at once | {each} = {c['aggregate_images_per_second']:,.0f} |",
+                  "", f"Aggregate ratio {c['ratio']:.2f}: better is **{c['better']}**."]
+    s2 = r.get("stage2")
+    if s2:
+        lines += ["", "## (g) Stage 2 on the frozen backbone (seconds per epoch, median)", "",
+                  "| variant | s/epoch | features computed once | overrides |", "|---|---|---|---|"]
+        for key in ("recipe", "cached"):
+            d = s2.get(key)
+            if d:
+                fc = f"{d['feature_cache_seconds']:.1f} s" if d.get("feature_cache_seconds") else "-"
+                lines.append(f"| {key} | {d['train_seconds_per_epoch']:.2f} | {fc} | `{' '.join(d['overrides']) or '-'}` |")
+    return lines
 
 
 def short_table(report: dict) -> str:
@@ -549,7 +759,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(d) with N stage-1 epochs (schedule scaled; reported as shortened)")
     p.add_argument("--skip-conventional", action="store_true", help="skip (a)")
     p.add_argument("--skip-fast", action="store_true", help="skip (b)")
-    p.add_argument("--skip-e2e", action="store_true", help="skip (c)")
+    p.add_argument("--skip-e2e", action="store_true", help="skip (c) (on the CPU (c) runs only with an explicit --epochs)")
+    p.add_argument("--skip-eval", action="store_true", help="skip (e), the evaluation timing")
+    p.add_argument("--eval-repeats", type=int, default=3, help="evaluations timed in (e) (median reported)")
+    p.add_argument("--concurrency", choices=["auto", "on", "off"], default="auto",
+                   help="(f): one run on every CPU thread vs one single-threaded run per core (auto: on the CPU)")
+    p.add_argument("--stage2", choices=["auto", "on", "off"], default="auto",
+                   help="(g): stage-2 seconds per epoch, recipe and cached features (auto: on the CPU)")
+    p.add_argument("--stage2-timed-epochs", type=int, default=2, help="stage-2 epochs timed in (g)")
     p.add_argument("--out", default=None, help="results path without suffix (NAME.json and NAME.md are written); "
                                                "default benchmarks/results/bench_cifar-<device>-<time>")
     p.add_argument("--workdir", default=None, help="run folders and logs (default .cache/bench_cifar/<time>)")
@@ -584,8 +801,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg0 = load_config(args.recipe, base)  # fails here, before any part, on a bad override
     rho = cfg0["data"]["imbalance_ratio"]
     data_desc += f", rho={rho:g}"
+    cpu = device.type == "cpu"
     if args.epochs is None:
         args.epochs = int(cfg0["optim"]["epochs"])
+        args.skip_e2e = args.skip_e2e or cpu  # a full-length run is hours on a CPU: ask for it with --epochs
     conv_epochs = args.epochs if args.full_conventional else args.conventional_epochs
 
     report = {"command": shlex.join([Path(sys.executable).name, os.path.relpath(__file__, os.getcwd())] + sys.argv[1:]
@@ -607,6 +826,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.skip_e2e:
         parts.append(("e2e", f"(c) end to end, {args.epochs} + stage-2 epochs",
                       lambda: part_e2e(args, base, device, workdir / "e2e", log)))
+    if not args.skip_eval:
+        parts.append(("eval", "(e) evaluation of the test split", lambda: part_eval(args, base, device, log)))
+    if args.concurrency == "on" or (args.concurrency == "auto" and cpu):
+        parts.append(("concurrency", "(f) one run on all threads vs single-threaded runs at once",
+                      lambda: part_concurrency(args, base, device, workdir / "concurrency", log)))
+    if args.stage2 == "on" or (args.stage2 == "auto" and cpu):
+        parts.append(("stage2", "(g) stage 2 on the frozen backbone",
+                      lambda: part_stage2(args, base, device, workdir / "stage2", log)))
     if args.compile:  # after (c): its compilation time must not cost (c) its place in a time budget
         parts.append(("fast_compile", "(b') longtail fast path + torch.compile",
                       lambda: part_fast(args, base, device, workdir / "fast", log, True)))
@@ -623,6 +850,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             tb = traceback.format_exc()
             log(f"FAILED {title}: {type(err).__name__}: {err}\n{tb}")
             report["errors"].append({"part": key, "error": f"{type(err).__name__}: {err}", "traceback": tb})
+        report["projection"] = projections(report)
         write_report(report, out)
     log("\n" + short_table(report))
     log(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")

@@ -235,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     rp.add_argument("--rho", type=int, nargs="+", default=None)
     rp.add_argument("--out", default="runs/reproduce")
-    rp.add_argument("--jobs", type=int, default=1, help="runs at once (several fit on one GPU)")
+    rp.add_argument("--jobs", default="auto",
+                    help="runs at once: N, or auto (default: one single-threaded run per core on a CPU-only "
+                         "machine, 1 on a GPU; see longtail.jobs)")
     rp.add_argument("--dry-run", action="store_true", help="print the commands only")
     rp.set_defaults(func=cmd_reproduce)
     return p

@@ -18,8 +18,8 @@ How the runs are organised:
   is continued with ``longtail train --resume``; an unfinished stage-2 folder (stage 2 has no
   resume) is removed and re-run. Do not run two ``reproduce`` commands on one ``--out`` at once.
 * ``--jobs N`` runs up to N runs at once as subprocesses (``python -m longtail train|retrain
-  ... quiet=true``); a stage-2 run starts when its stage-1 run has finished. With N > 1 and no
-  ``OMP_NUM_THREADS`` in the environment, each process gets ``cpu_count // N`` threads.
+  ... quiet=true``); a stage-2 run starts when its stage-1 run has finished. Threads per process
+  and ``--jobs auto`` (the default) follow :mod:`longtail.jobs`.
 * User overrides (``data.name=synthetic optim.epochs=2``) apply to every run: the ``stage2.*``
   ones to every stage-2 run (after the row's stage-2 overrides, so they win; they do not touch
   the stage-1 runs, which stay shared across stage-2 settings), all others to every stage-1 run
@@ -57,6 +57,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, load_config, parse_override, scaled_epoch_overrides
 from .errors import ConfigError
+from .jobs import child_env, resolve_jobs
 
 __all__ = ["Row", "Table", "FigureSpec", "TABLES", "get_table", "plan", "format_markdown", "main"]
 
@@ -513,9 +514,7 @@ def run_jobs(jobs: Sequence[Job], n_jobs: int, log_dir: Path, echo=print) -> Dic
     if not pending:
         return results
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if n_jobs > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_jobs))
+    env = child_env(n_jobs)
     running: Dict[subprocess.Popen, Tuple[Job, float, object, Path]] = {}
     finished = 0
     try:
@@ -809,9 +808,10 @@ def main(args) -> int:
             print(("# finished: " + str(j.run_dir)) if j.state == "done" else j.command())
         return 0
     todo = [j for j in p.jobs if j.state != "done"]
+    n_jobs = resolve_jobs(args.jobs, len(todo))
     print(f"Table {table.id}: {len(p.jobs)} runs, {len(p.jobs) - len(todo)} finished already; "
-          f"running {len(todo)} with --jobs {args.jobs}")
-    outcomes = run_jobs(p.jobs, args.jobs, out / "logs")
+          f"running {len(todo)} with --jobs {n_jobs}{' (auto)' if args.jobs == 'auto' else ''}")
+    outcomes = run_jobs(p.jobs, n_jobs, out / "logs")
     wall = time.perf_counter() - t0
     summary = summarize_plan(p, outcomes)
     out.mkdir(parents=True, exist_ok=True)

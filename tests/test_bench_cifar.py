@@ -41,7 +41,7 @@ def test_bench_cifar_cpu_smoke(tmp_path):
     report = json.loads(out.read_text())
     res = report["results"]
     assert not report["errors"]
-    assert set(res) == {"conventional", "fast", "e2e", "conventional_e2e"}
+    assert set(res) == {"conventional", "fast", "e2e", "conventional_e2e", "eval", "concurrency", "stage2"}
     for key in ("conventional", "fast"):
         d = res[key]
         assert d["timed_epochs"] == 1 and len(d["epoch_seconds"]) == 2 and d["seconds_per_epoch"] > 0
@@ -53,6 +53,25 @@ def test_bench_cifar_cpu_smoke(tmp_path):
     assert 0 <= e2e["top1"] <= 100 and e2e["wall_s"] > 0
     assert Path(e2e["stage1_log"]).is_file()
     assert 0 <= res["conventional_e2e"]["top1"] <= 100
+    # (e) evaluation, the projection of the full 200-epoch recipe (20 evaluations on the CPU: every 10th epoch)
+    ev, proj = res["eval"], report["projection"]
+    assert len(ev["fast_seconds"]) == 3 and ev["fast_eval_seconds"] == sorted(ev["fast_seconds"])[1]
+    assert proj["epochs"] == 200 and proj["fast"]["evaluations"] == 20 and proj["conventional"]["evaluations"] == 200
+    assert proj["fast"]["stage1_s"] == pytest.approx(200 * res["fast"]["seconds_per_epoch"] + 20 * ev["fast_eval_seconds"])
+    assert proj["conventional"]["stage1_s"] == pytest.approx(
+        200 * res["conventional"]["seconds_per_epoch"] + 200 * ev["conventional_eval_seconds"])
+    # (f) concurrency: one run per core at one thread each, against one run on every core
+    conc = res["concurrency"]
+    assert len(conc["concurrent_images_per_second"]) == conc["cores"] == conc["one_run_threads"]
+    assert conc["aggregate_images_per_second"] == pytest.approx(sum(conc["concurrent_images_per_second"]))
+    assert conc["better"] == ("concurrent" if conc["ratio"] > 1 else "one")
+    # (g) stage 2: the recipe's (images, mixup) and the cached-feature variant
+    s2 = res["stage2"]
+    assert s2["recipe"]["feature_cache"] is False and s2["cached"]["feature_cache"] is True
+    assert s2["cached"]["feature_cache_seconds"] > 0 and s2["recipe_stage2_epochs"] == 30
+    assert proj["fast"]["stage2_evaluations"] == 15  # every 2nd of 30 epochs on the CPU
+    assert proj["fast"]["total_s"] == pytest.approx(proj["fast"]["stage1_s"] + proj["fast"]["stage2_s"])
     md = out.with_suffix(".md").read_text()
+    assert "(f) Concurrency" in md and "(g) Stage 2" in md and "Projected wall time" in md
     assert report["command"] in md and "(a) conventional" in md and "(c) longtail" in md and "(d) conventional" in md
     assert report["machine"]["torch"] and report["machine"]["cpu_count"]

@@ -204,10 +204,18 @@ def eval_batches(run: Run, split: str) -> Iterable:
 
 
 def make_optimizer(params, optim_cfg: dict, device: torch.device, fused: bool, lr: float) -> torch.optim.Optimizer:
-    """SGD with momentum; fused with a tensor learning rate on CUDA (graph-capturable)."""
+    """SGD with momentum; fused with a tensor learning rate on CUDA (graph-capturable); on the CPU
+    fused only when asked (``fused_optimizer: true``, where this torch has the CPU kernel): it
+    measured no faster than the plain loop for ResNet-32."""
     kw = dict(momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"], nesterov=optim_cfg["nesterov"])
     if fused and device.type == "cuda":
         return torch.optim.SGD(params, lr=torch.tensor(lr, device=device), fused=True, **kw)
+    if fused and device.type == "cpu":
+        params = list(params)
+        try:
+            return torch.optim.SGD(params, lr=lr, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):  # torch without fused CPU SGD: the plain one
+            pass
     return torch.optim.SGD(params, lr=lr, **kw)
 
 
@@ -361,22 +369,22 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
             stats = train_one_epoch(use, loader, device, desc=f"stage{stage} epoch {epoch + 1}/{epochs}", quiet=quiet)
             if run.dist.enabled:
                 stats["loss"] = float(dist.mean_across(torch.tensor(stats["loss"], device=device), run.dist))
+            last_saved = epoch - 1 if (epoch > start or start_ckpt is not None) else None  # last.pt's epoch
             if not math.isfinite(stats["loss"]):
                 raise DivergenceError(
                     f"training loss is {stats['loss']} in epoch {epoch} (stage {stage}, loss "
                     f"'{type(run.loss_fn).__name__}', lr {lr:g}); {kept_message(run_dir, last_saved)}"
                 )
+            check_finite_state(run.model, optimizer, epoch=epoch, stage=stage, lr=lr, run_dir=run_dir,
+                               last_saved=last_saved, info=run.dist)  # never log or save a non-finite state
             train_s = time.perf_counter() - t0
             row = {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": stats["loss"], "train_seconds": train_s,
-            last_saved = epoch - 1 if (epoch > start or start_ckpt is not None) else None  # last.pt's epoch
                    "images_per_second": stats["images"] / max(train_s, 1e-9)}
             if (epoch + 1) % every == 0 or epoch == epochs - 1:
                 metrics, _ = evaluate(run.model, run.loss_fn, eval_batches(run, split), run.bundle.class_counts,
                                       amp=run.amp_dtype, many=many, few=few, feature_norms=cfg["eval"]["feature_norms"])
                 row.update({f"{split}.{k}": metrics[k] for k in ("top1", "many", "medium", "few", "nll", "ece")})
                 if "feature_norm" in metrics:
-            check_finite_state(run.model, optimizer, epoch=epoch, stage=stage, lr=lr, run_dir=run_dir,
-                               last_saved=last_saved, info=run.dist)  # never log or save a non-finite state
                     row[f"{split}.feature_norm"] = metrics.pop("feature_norm")
             row["seconds"] = time.perf_counter() - t0
             if not main:
@@ -435,14 +443,6 @@ def finish(run: Run, run_dir: Path, metrics: dict, wall: float, stage: int, epoc
     return out
 
 
-def train(cfg: dict, resume: Optional[Path] = None, quiet: Optional[bool] = None) -> tuple[Path, dict]:
-    """Train stage 1 as configured (the ``longtail train`` command).
-
-    Args:
-        cfg: A resolved config (:func:`longtail.config.load_config`).
-        resume: A run folder to continue; its saved config is used and ``cfg`` ignored.
-        quiet: Override the config's ``quiet`` (the only setting a resumed run may change).
-
 def _check_resume_checkpoint(ckpt: dict, path: Path, cfg: dict) -> None:
     """A checkpoint that cannot belong to this run's config is an error, not a silent restart."""
     epochs = int(cfg["optim"]["epochs"])
@@ -453,6 +453,14 @@ def _check_resume_checkpoint(ckpt: dict, path: Path, cfg: dict) -> None:
         raise CheckpointError(f"{path} was trained with seed {ckpt['seed']} but the run's config.yaml has "
                               f"seed {cfg['seed']}; the checkpoint and config.yaml do not belong together")
 
+
+def train(cfg: dict, resume: Optional[Path] = None, quiet: Optional[bool] = None) -> tuple[Path, dict]:
+    """Train stage 1 as configured (the ``longtail train`` command).
+
+    Args:
+        cfg: A resolved config (:func:`longtail.config.load_config`).
+        resume: A run folder to continue; its saved config is used and ``cfg`` ignored.
+        quiet: Override the config's ``quiet`` (the only setting a resumed run may change).
 
     Returns:
         The run folder and the final metrics.
@@ -495,5 +503,5 @@ def _check_resume_checkpoint(ckpt: dict, path: Path, cfg: dict) -> None:
                   stage=1, start_ckpt=ckpt, loader=loader)
     out = finish(run, run_dir, metrics, time.perf_counter() - t0, 1, cfg["optim"]["epochs"])
     dist.barrier(run.dist)
-    return run_dir, out
     release_run_dir(run_dir)  # the run is complete (on errors the lock goes with the process)
+    return run_dir, out
