@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sweep", help="several runs (seeds, recipes) as concurrent processes: "
                                  "RECIPE... --seeds 0 1 2 --jobs 3 [key=value ...]")
 
+    sub.add_parser("results", help="measured results: 'collect RUNS --into results/<machine>' copies finished runs' "
+                                   "small files; 'page' writes docs/results.md from them")
+
     pr = sub.add_parser("predict", help="classify images with a run's final model (stage 2 when there is one)")
     pr.add_argument("run", metavar="RUN_DIR")
     pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
@@ -245,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["results"]:  # its own sub-commands (collect, page)
+        from .results import main as results_main
+
+        return results_main(argv[1:])
     if argv[:1] == ["sweep"]:  # its own parser (key=value overrides may come anywhere)
         from .sweep import main as sweep_main
 

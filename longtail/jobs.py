@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import os
-import platform
 from typing import Union
 
 import torch
 
+from .engine.runlog import machine_line  # noqa: F401  (re-exported)
 from .errors import ConfigError
 
 __all__ = ["CPU_CONCURRENT_RUNS_WIN", "resolve_jobs", "child_env", "machine_line"]
@@ -52,16 +52,3 @@ def child_env(jobs: int) -> dict:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     return env
 
-
-def machine_line() -> str:
-    """One line naming the machine: CPU model and cores, or the GPU; torch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    where = f"{cpu}, {os.cpu_count()} cores"
-    if torch.cuda.is_available():
-        where = f"{torch.cuda.get_device_name()} + {where}"
-    return f"{where}; torch {torch.__version__}"

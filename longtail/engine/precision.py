@@ -105,3 +105,9 @@ def channels_last_default(device: torch.device) -> bool:
     if device.type == "cpu":
         return _cpu_onednn_fast()
     return False
+
+
+def precision_label(amp: Optional[torch.dtype], channels_last: bool) -> str:
+    """How a run computed, for its ``metrics.json``: ``"bf16 autocast, channels_last"``, ``"fp32"``..."""
+    dtype = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(amp, "fp32")
+    return dtype + (", channels_last" if channels_last else "")

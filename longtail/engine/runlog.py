@@ -166,6 +166,27 @@ def software_versions() -> dict:
     return out
 
 
+def machine_line() -> str:
+    """One line naming the machine: CPU model and cores, or the GPU; torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    where = f"{cpu}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        where = f"{torch.cuda.get_device_name()} + {where}"
+    return f"{where}; torch {torch.__version__}"
+
+
+def command_line() -> list[str]:
+    """The arguments of this process after ``longtail`` (``["train", "cifar10_lt/gcl", ...]``), for provenance."""
+    import sys
+
+    return [str(a) for a in sys.argv[1:]]
+
+
 def git_commit() -> Optional[str]:
     """The commit of the longtail source tree, with ``-dirty`` when it has changes; None outside git."""
     here = Path(__file__).resolve().parents[2]

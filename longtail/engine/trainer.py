@@ -32,9 +32,9 @@ from . import distributed as dist
 from .checkpoint import load_checkpoint, load_model_state, save_atomic
 from .checkpoint import check_finite_state, kept_message
 from .metrics import Accumulator
-from .runlog import EpochLog, default_run_name, git_commit, new_run_dir, read_log, software_versions, write_json
+from .runlog import EpochLog, command_line, default_run_name, git_commit, machine_line, new_run_dir, read_log, software_versions, write_json
 from .runlog import lock_run_dir, release_run_dir, sync_log
-from .precision import amp_dtype, auto_flag, channels_last_default
+from .precision import amp_dtype, auto_flag, channels_last_default, precision_label
 from .schedule import check_schedule, lr_at
 from .step import MixupSchedule, TrainStep
 
@@ -432,7 +432,9 @@ def finish(run: Run, run_dir: Path, metrics: dict, wall: float, stage: int, epoc
     out = dict(metrics)
     out.update({"epoch": epochs - 1, "checkpoint": run.cfg["eval"]["checkpoint"], "split": run.cfg["eval"]["split"],
                 "stage": stage, "seed": run.cfg["seed"], "recipe": run.cfg.get("recipe"), "wall_time_s": wall,
-                "versions": software_versions(), "git_commit": git_commit(), "device": str(run.device)})
+                "versions": software_versions(), "git_commit": git_commit(), "device": str(run.device),
+                "machine": machine_line(), "precision": precision_label(run.amp_dtype, run.channels_last),
+                "argv": command_line()})
     if extra:
         out.update(extra)
     annotate_metrics(out, run.bundle)  # class names in per_class, the data's report (hold-out, skipped files)

@@ -1,0 +1,396 @@
+"""Measured results beside the thesis: collect finished runs, generate ``docs/results.md``.
+
+Finished runs keep only their small files in the repository, one folder per machine (the
+*source*)::
+
+    results/<source>/<any sub-folders>/<run>/{config.yaml, log.jsonl, metrics.json}
+
+``longtail results collect RUNS --into results/<source>`` copies them from a ``longtail
+reproduce --out RUNS`` folder (never the checkpoints). ``longtail results page`` writes
+``docs/results.md`` from every source: for each key row of the thesis (:data:`KEY_TABLE`, `longtail reproduce key`) and each
+cell of the registered tables (:data:`longtail.reproduce.TABLES`) it finds the runs whose saved
+configuration is the row's published recipe, and prints the thesis number, the measured mean ±
+std over seeds, the difference, many / medium / few, the machine, the precision, the wall time and
+the command. A run matches a row when its ``config.yaml`` equals the config ``longtail reproduce``
+resolves for that row, rho and seed, except for keys that do not change what is computed (where
+the data lies, precision, evaluation frequency: :data:`longtail.reproduce.BENIGN_PREFIXES`).
+Hand-written findings (why a row misses) live in ``results/notes.md`` and are included verbatim.
+"""
+from __future__ import annotations
+
+import filecmp
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .config import load_config
+from .errors import DataError
+from .report import load_runs
+from .reproduce import BENIGN_PREFIXES, TABLES, Row, Table
+
+__all__ = ["KEY_TABLE", "SMALL_FILES", "collect", "find_runs", "row_configs", "key_rows_summary",
+           "format_page", "main"]
+
+#: The files of a run kept in the repository.
+SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json")
+
+#: Config keys (dotted prefixes) that never decide whether a run matches a row.
+IGNORED_KEYS = ("name", "output_dir", "quiet", "seed", "stage2.cache_features") + tuple(BENIGN_PREFIXES)
+
+
+#: The key rows (``longtail reproduce key``): CIFAR-10-LT, rho = 100, one line per method.
+KEY_TABLE: Table = TABLES["key"]
+KEY_RHO = 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting run files
+# ---------------------------------------------------------------------------------------------
+def collect(src: Path, dest: Path) -> List[Path]:
+    """Copy the small files of every finished run under ``src`` into ``dest``.
+
+    A run is finished when it holds ``metrics.json`` and ``config.yaml``; its folder keeps its
+    path relative to ``src``. Checkpoints and other files are never copied.
+
+    Args:
+        src: A run folder or a folder of runs (``longtail reproduce --out``).
+        dest: The source folder in the repository, e.g. ``results/cpu-2core``.
+
+    Returns:
+        The run folders written or already present under ``dest``.
+
+    Raises:
+        DataError: ``src`` does not exist or holds no finished run, or ``dest`` already holds a
+            different result for one of the runs (measured results are never overwritten).
+    """
+    src, dest = Path(src), Path(dest)
+    if not src.exists():
+        raise DataError(f"{src}: no such folder")
+    runs = sorted({p.parent for p in src.rglob("metrics.json") if (p.parent / "config.yaml").is_file()})
+    if not runs:
+        raise DataError(f"{src}: no finished run (a folder with metrics.json and config.yaml)")
+    out = []
+    for run in runs:
+        target = dest / (run.relative_to(src) if run != src else Path(run.name))
+        for name in SMALL_FILES:
+            f, t = run / name, target / name
+            if not f.is_file():
+                continue
+            if t.exists() and not filecmp.cmp(f, t, shallow=False):
+                raise DataError(f"{t} already exists with different content; remove it by hand to replace it "
+                                f"with {f}")
+        target.mkdir(parents=True, exist_ok=True)
+        for name in SMALL_FILES:
+            if (run / name).is_file():
+                shutil.copyfile(run / name, target / name)
+        out.append(target)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching runs to rows
+# ---------------------------------------------------------------------------------------------
+def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _ignored(key: str, stage: int) -> bool:
+    if stage == 1 and key.startswith("stage2."):
+        return True
+    return any(key == p or key.startswith(p + ".") for p in IGNORED_KEYS)
+
+
+def same_computation(expected: dict, saved: dict, stage: int) -> bool:
+    """Whether a saved run config computes what ``expected`` computes.
+
+    Keys that only say where or how fast a run goes (:data:`IGNORED_KEYS`) are left out, and so is
+    the ``stage2`` block of a stage-1 run. Keys present on one side only (a setting added to or
+    removed from the schema since the run) are left out as well.
+    """
+    a, b = _flat(expected), _flat(saved)
+    for key in a.keys() & b.keys():
+        if _ignored(key, stage):
+            continue
+        if a[key] != b[key]:
+            return False
+    return True
+
+
+def row_configs(table: Table, row: Row, rho: int, seed: int, stage2: Sequence[str] = ()) -> Tuple[dict, Optional[dict]]:
+    """The stage-1 and stage-2 configs ``longtail reproduce`` runs for a row (published schedule).
+
+    Returns:
+        ``(stage-1 config, stage-2 config or None for a one-stage row)``.
+    """
+    fixed = list(table.overrides) + list(row.overrides) + [f"data.imbalance_ratio={rho}", f"seed={seed}"]
+    cfg1 = load_config(row.recipe, fixed)
+    if not row.two_stage:
+        return cfg1, None
+    return cfg1, load_config(base=cfg1, overrides=list(row.stage2) + list(stage2))
+
+
+def find_runs(runs: Sequence[dict], table: Table, row: Row, rho: int,
+              stage2: Sequence[str] = ()) -> List[Tuple[dict, Optional[dict]]]:
+    """The runs (from :func:`longtail.report.load_runs`) of one row at one rho, one per seed.
+
+    Returns:
+        ``(run, its stage-1 run or None)`` per seed, by seed; for a one-stage row the run is the
+        stage-1 run and the second item is None. Where several runs match one seed, the first by
+        path is used.
+    """
+    seeds = sorted({int(r["metrics"].get("seed", r["config"].get("seed", -1))) for r in runs})
+    out = []
+    for seed in seeds:
+        if seed < 0:
+            continue
+        cfg1, cfg2 = row_configs(table, row, rho, seed, stage2)
+        want_stage = 1 if cfg2 is None else 2
+        cands = [r for r in runs if int(r["metrics"].get("stage", 1)) == want_stage
+                 and int(r["metrics"].get("seed", r["config"].get("seed", -1))) == seed]
+        stage1 = [r for r in runs if int(r["metrics"].get("stage", 1)) == 1 and r["config"].get("seed") == seed
+                  and same_computation(cfg1, r["config"], 1)]
+        if cfg2 is None:
+            match = stage1[:1]
+            if match:
+                out.append((match[0], None))
+            continue
+        match = [r for r in cands if same_computation(cfg2, r["config"], 2)]
+        if match:
+            parent = _stage1_of(match[0], stage1)
+            out.append((match[0], parent))
+    return out
+
+
+def _stage1_of(run2: dict, stage1: Sequence[dict]) -> Optional[dict]:
+    """The stage-1 run a stage-2 run re-trained: by the folder name it records, else the first match."""
+    name = Path(str(run2["metrics"].get("stage1_run", ""))).name
+    for r in stage1:
+        if Path(r["path"]).name == name:
+            return r
+    return stage1[0] if stage1 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+# ---------------------------------------------------------------------------------------------
+def _mean_std(values: Iterable[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
+    vals = [float(v) for v in values if isinstance(v, (int, float))]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def _precision(run: dict) -> str:
+    m = run["metrics"]
+    if m.get("precision"):
+        return str(m["precision"])
+    return f"amp={run['config'].get('amp', '?')} (not recorded)"
+
+
+def _machine(run: dict) -> str:
+    m = run["metrics"]
+    if m.get("machine"):
+        return str(m["machine"])
+    v = m.get("versions") or {}
+    return f"{v.get('gpu') or m.get('device', '?')}; torch {v.get('torch', '?')}"
+
+
+def summarize_cell(matches: Sequence[Tuple[dict, Optional[dict]]], published: Optional[float]) -> dict:
+    """Mean ± std over the seeds of one cell, with provenance.
+
+    Returns:
+        ``seeds``, ``top1``/``top1_std``, ``many``, ``medium``, ``few``, ``published``, ``diff``
+        (measured mean - published), ``wall_s`` (mean per seed, stage 1 + stage 2), ``machines``,
+        ``precisions``, ``paths`` and ``notes``.
+    """
+    ms = [m for m, _ in matches]
+    e: Dict[str, Any] = {"seeds": len(ms), "published": published, "paths": [m["path"] for m in ms],
+                         "seed_list": [int(m["metrics"].get("seed", -1)) for m in ms]}
+    for key in ("top1", "many", "medium", "few"):
+        e[key], e[f"{key}_std"] = _mean_std(m["metrics"].get(key) for m in ms)
+    e["diff"] = None if e["top1"] is None or published is None else e["top1"] - published
+    walls = []
+    for m, parent in matches:
+        w = float(m["metrics"].get("wall_time_s") or 0.0)
+        if parent is not None:
+            w += float(parent["metrics"].get("wall_time_s") or 0.0)
+        walls.append(w)
+    e["wall_s"] = statistics.fmean(walls) if walls else None
+    e["machines"] = sorted({_machine(m) for m in ms})
+    # the training's precision: the stage-1 run's where it recorded one
+    e["precisions"] = sorted({_precision(p if p is not None and p["metrics"].get("precision") else m)
+                              for m, p in matches})
+    notes = []
+    if any(m["metrics"].get("tau_selected_on") == "test" for m in ms):
+        notes.append("tau chosen on the test split (CIFAR has no val split)")
+    e["notes"] = notes
+    return e
+
+
+def load_sources(root: Path) -> Dict[str, List[dict]]:
+    """The runs of every source folder under ``root`` (``results/``), by source name."""
+    root = Path(root)
+    out: Dict[str, List[dict]] = {}
+    if not root.is_dir():
+        return out
+    for src in sorted(p for p in root.iterdir() if p.is_dir()):
+        if any(src.rglob("metrics.json")):
+            out[src.name] = load_runs(src)
+    return out
+
+
+def key_rows_summary(sources: Dict[str, List[dict]]) -> List[dict]:
+    """One entry per key row and source that has runs for it (or one 'not yet run' entry)."""
+    out = []
+    for row in KEY_TABLE.rows:
+        published = row.published.get(KEY_RHO)
+        found = False
+        for name, runs in sources.items():
+            matches = find_runs(runs, KEY_TABLE, row, KEY_RHO)
+            if matches:
+                found = True
+                out.append({"row": row, "source": name, **summarize_cell(matches, published)})
+        if not found:
+            out.append({"row": row, "source": None, "seeds": 0, "published": published})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+def _f(v: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    s = f"{v:+.2f}" if signed else f"{v:.2f}"
+    return s + (f" ± {std:.2f}" if std is not None else "")
+
+
+def _wall(s: Optional[float]) -> str:
+    if not s:
+        return "-"
+    return f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+def _command(row: Row, seeds: Sequence[int]) -> str:
+    """The commands that train one key row for its seeds (``data.root=DIR`` where the data lies)."""
+    over = " ".join([*row.overrides, f"data.imbalance_ratio={KEY_RHO}"])
+    seed = "{" + ",".join(map(str, seeds)) + "}" if len(seeds) > 1 else str(seeds[0] if seeds else 0)
+    cmd = f"longtail train {row.recipe} {over} seed={seed} name=RUN"
+    if row.two_stage:
+        cmd += " && longtail retrain RUNS/RUN " + " ".join(row.stage2)
+    return cmd
+
+
+def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
+    """The text of ``docs/results.md``."""
+    lines = [
+        "# Results: measured beside the thesis",
+        "",
+        "<!-- Generated by `longtail results page` from the run files under results/. Do not edit by hand:",
+        "     findings go in results/notes.md, the layout in longtail/results.py. -->",
+        "",
+        "Every number below was measured by this project on CIFAR-10-LT with the thesis's full schedules and",
+        "comes from a run whose small files (`config.yaml`, `log.jsonl`, `metrics.json`) are committed under",
+        "`results/<machine>/`. Top-1 is the **final epoch's** test accuracy (%), never a best checkpoint.",
+        "many / medium / few: classes with > 100, 20..100, < 20 training images. std is over seeds (ddof 1).",
+        "Wall time is per seed, stage 1 + stage 2, evaluation included, on the machine named.",
+        "",
+        "The CIFAR-10 here is rebuilt from the JPEG copy (quality 75) in `../shared/data`",
+        "(`python3 ../shared/data/cifar10_from_jpeg.py DIR`), so a measured row is comparable to, not identical",
+        "with, the published one; the CE row measures that copy's offset.",
+        "",
+        "Regenerate this page: `longtail results page` (after `longtail results collect RUNS --into results/<machine>`).",
+        "",
+        f"Sources: {', '.join(f'`results/{s}/` ({len(r)} runs)' for s, r in sources.items()) or 'none yet'}.",
+        "",
+        "## Key rows: CIFAR-10-LT, rho = 100 (`longtail reproduce key`)",
+        "",
+        "| row | thesis | measured top-1 | diff | many | medium | few | seeds | machine | precision | wall time | command |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|",
+    ]
+    key_notes = []
+    for e in key_rows_summary(sources):
+        kr = e["row"]
+        if e["source"] is None:
+            lines.append(f"| {kr.label} | {_f(e['published'])} | not yet run | - | - | - | - | 0 | - | - | - | "
+                         f"`{_command(kr, [0])}` |")
+            continue
+        extra = "; ".join(e["notes"])
+        lines.append(
+            f"| {kr.label} | {_f(e['published'])} | {_f(e['top1'], e['top1_std'])}{' ('+extra+')' if extra else ''} | "
+            f"{_f(e['diff'], signed=True)} | {_f(e['many'])} | {_f(e['medium'])} | {_f(e['few'])} | {e['seeds']} | "
+            f"{'; '.join(e['machines'])} | {'; '.join(e['precisions'])} | {_wall(e['wall_s'])} | "
+            f"`{_command(kr, e['seed_list'])}` |")
+    for kr in KEY_TABLE.rows:
+        if kr.note:
+            key_notes.append(f"- {kr.label}: {kr.note}")
+    lines += [""] + key_notes + [""]
+    if notes.strip():  # results/notes.md: findings, commands, known issues (its own headings)
+        lines += [notes.strip(), ""]
+    lines += ["## Every thesis table", "",
+              "Cells of the registered tables (`longtail reproduce list`) with measured runs; the key rows above are",
+              "among them.", ""]
+    for table in (t for t in TABLES.values() if t is not KEY_TABLE):
+        lines += [f"### Table {table.id}: {table.title}", "",
+                  "| method | rho | thesis | measured top-1 | diff | many | medium | few | seeds | source |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        any_cell = False
+        for row in table.rows:
+            for rho in sorted(row.published, reverse=True):
+                for name, runs in sources.items():
+                    matches = find_runs(runs, table, row, rho)
+                    if not matches:
+                        continue
+                    any_cell = True
+                    e = summarize_cell(matches, row.published.get(rho))
+                    lines.append(f"| {row.label} | {rho} | {_f(e['published'])} | {_f(e['top1'], e['top1_std'])} | "
+                                 f"{_f(e['diff'], signed=True)} | {_f(e['many'])} | {_f(e['medium'])} | {_f(e['few'])} | "
+                                 f"{e['seeds']} | {name} |")
+        if not any_cell:
+            lines.append("| not yet run | | | | | | | | | |")
+        lines.append("")
+    lines += ["## Run files", ""]
+    for name, runs in sources.items():
+        lines.append(f"- `results/{name}/`:")
+        for r in runs:
+            m = r["metrics"]
+            rel = Path(r["path"])
+            cmd = " ".join(m["argv"]) if m.get("argv") else ""
+            lines.append(f"  - `{rel.name}`: stage {m.get('stage', 1)}, seed {m.get('seed')}, top-1 {_f(m.get('top1'))}, "
+                         f"{_wall(m.get('wall_time_s'))}, commit {m.get('git_commit') or '?'}"
+                         + (f"; `longtail {cmd}`" if cmd else ""))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``longtail results collect|page``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="longtail results", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("collect", help="copy the small files of finished runs into results/<machine>")
+    c.add_argument("runs", help="a run folder or a folder of runs (longtail reproduce --out)")
+    c.add_argument("--into", required=True, help="e.g. results/cpu-2core")
+    g = sub.add_parser("page", help="write docs/results.md from results/")
+    g.add_argument("--results", default="results")
+    g.add_argument("--out", default="docs/results.md")
+    args = p.parse_args(argv)
+    if args.what == "collect":
+        done = collect(Path(args.runs), Path(args.into))
+        print(f"{len(done)} run(s) in {args.into}")
+        return 0
+    root = Path(args.results)
+    notes_path = root / "notes.md"
+    notes = notes_path.read_text(encoding="utf-8") if notes_path.is_file() else ""
+    text = format_page(load_sources(root), notes)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(f"written: {args.out}")
+    return 0

@@ -1,0 +1,155 @@
+"""``longtail results``: collecting run files and generating the results page from them."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from longtail.config import save_config
+from longtail.errors import DataError
+from longtail.reproduce import TABLES
+from longtail.results import (KEY_TABLE, collect, find_runs, format_page, key_rows_summary, load_sources,
+                              row_configs, same_computation)
+
+
+def _write_run(folder: Path, cfg: dict, metrics: dict, checkpoint: bool = False) -> Path:
+    folder.mkdir(parents=True)
+    save_config(cfg, folder / "config.yaml")
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "log.jsonl").write_text(json.dumps({"epoch": 0, "train_loss": 1.0}) + "\n")
+    if checkpoint:
+        (folder / "last.pt").write_bytes(b"not small")
+    return folder
+
+
+def _metrics(seed: int, top1: float, stage: int = 1, wall: float = 100.0, **extra) -> dict:
+    return {"top1": top1, "many": top1 + 10, "medium": top1, "few": top1 - 10, "seed": seed, "stage": stage,
+            "wall_time_s": wall, "machine": "test CPU, 2 cores", "precision": "bf16 autocast", **extra}
+
+
+def _with(cfg: dict, dotted: str, value) -> dict:
+    cfg = json.loads(json.dumps(cfg))
+    node = cfg
+    *path, last = dotted.split(".")
+    for k in path:
+        node = node[k]
+    node[last] = value
+    return cfg
+
+
+def test_same_computation_ignores_location_and_precision_but_not_the_recipe():
+    t = TABLES["5.2"]
+    cfg, _ = row_configs(t, t.row("CE"), 100, 0)
+    moved = _with(_with(_with(cfg, "data.root", "/elsewhere"), "amp", "bf16"), "eval.every", 10)
+    assert same_computation(cfg, moved, 1)
+    assert not same_computation(cfg, _with(cfg, "optim.lr", 0.2), 1)
+    assert not same_computation(cfg, _with(cfg, "data.imbalance_ratio", 50), 1)
+    # a stage-1 run's stage2 block does not decide its identity; a stage-2 run's does
+    assert same_computation(cfg, _with(cfg, "stage2.lr", 0.5), 1)
+    assert not same_computation(cfg, _with(cfg, "stage2.lr", 0.5), 2)
+
+
+def test_key_rows_mean_std_diff_and_two_stage_wall_time(tmp_path):
+    src = tmp_path / "results" / "cpu"
+    t52, t56 = TABLES["5.2"], TABLES["5.6"]
+    ce = t52.row("CE")
+    for seed, top1 in ((0, 69.5), (1, 71.3)):
+        cfg, _ = row_configs(t52, ce, 100, seed)
+        _write_run(src / "rho100" / f"ce-seed{seed}", _with(cfg, "data.root", f"/data{seed}"), _metrics(seed, top1))
+    # CE with another lr: not the published recipe, must not be counted
+    cfg, _ = row_configs(t52, ce, 100, 2)
+    _write_run(src / "rho100" / "ce-lr-seed2", _with(cfg, "optim.lr", 0.3), _metrics(2, 10.0))
+    # GCL: one stage-1 run and two stage-2 runs (recipe lr, and the lr-0.002 variant)
+    crt = t56.row("CBEN + cRT")
+    cfg1, cfg2 = row_configs(t56, crt, 100, 0)
+    s1 = _write_run(src / "rho100" / "gcl-seed0", cfg1, _metrics(0, 80.0, wall=4000.0, precision=None))
+    _write_run(src / "rho100" / "gcl-seed0-crt", cfg2,
+               _metrics(0, 82.0, stage=2, wall=300.0, stage1_run=f"/somewhere/{s1.name}"))
+    _, cfg2b = row_configs(t56, crt, 100, 0, ("stage2.lr=0.002",))
+    _write_run(src / "rho100" / "gcl-seed0-crt-lr002", cfg2b, _metrics(0, 81.0, stage=2, wall=200.0))
+
+    sources = load_sources(tmp_path / "results")
+    summary = {e["row"].label: e for e in key_rows_summary(sources)}
+    e = summary["CE"]
+    assert e["seeds"] == 2 and e["seed_list"] == [0, 1]
+    assert e["top1"] == pytest.approx((69.5 + 71.3) / 2)
+    assert e["top1_std"] == pytest.approx(statistics.stdev([69.5, 71.3]))
+    assert e["diff"] == pytest.approx((69.5 + 71.3) / 2 - 70.70)
+    assert e["many"] == pytest.approx((79.5 + 81.3) / 2)
+    e = summary["GCL + CBEN + cRT"]
+    assert (e["seeds"], e["top1"], e["wall_s"]) == (1, 82.0, 4300.0)
+    assert e["diff"] == pytest.approx(82.0 - 82.68)
+    e = summary["GCL + CBEN + cRT, classifier lr 0.002"]
+    assert (e["seeds"], e["top1"], e["wall_s"]) == (1, 81.0, 4200.0)
+    assert summary["LDAM-DRW"]["source"] is None and summary["GCL stage 1 only"]["source"] is None
+    # the stage-1 run recorded no precision: the stage-2 run's is shown
+    assert summary["GCL + CBEN + cRT"]["precisions"] == ["bf16 autocast"]
+
+    page = format_page(sources, notes="## Findings\n\nGCL misses because of X.\n")
+    assert "| CE | 70.70 | 70.40 ± 1.27 | -0.30 |" in page
+    assert "| GCL + CBEN + cRT | 82.68 | 82.00 | -0.68 |" in page
+    assert "| LDAM-DRW | 77.03 | not yet run |" in page
+    assert "## Findings" in page and "GCL misses because of X." in page
+    assert "| CE | 100 | 70.70 | 70.40 ± 1.27 | -0.30 |" in page  # Table 5.2 section
+    assert "10.00" not in page.split("## Run files")[0]  # the lr-0.3 run is in no table
+
+
+def test_find_runs_one_stage_row_needs_the_table_overrides(tmp_path):
+    # KPS-GA of Table 3.2 trains at batch 64 (Table 3.1): a batch-128 run is another experiment
+    t = TABLES["3.2"]
+    row = t.row("KPS (with GA)")
+    cfg, _ = row_configs(t, row, 100, 0)
+    assert cfg["data"]["batch_size"] == 64
+    _write_run(tmp_path / "r" / "kps64", cfg, _metrics(0, 80.0))
+    _write_run(tmp_path / "r" / "kps128", _with(cfg, "data.batch_size", 128), _metrics(0, 70.0))
+    from longtail.report import load_runs
+
+    (m, parent), = find_runs(load_runs(tmp_path / "r"), t, row, 100)
+    assert Path(m["path"]).name == "kps64" and parent is None
+
+
+def test_collect_copies_only_small_files_and_never_overwrites(tmp_path):
+    t = TABLES["5.2"]
+    cfg, _ = row_configs(t, t.row("CE"), 100, 0)
+    runs = tmp_path / "runs"
+    _write_run(runs / "rho100" / "ce-seed0", cfg, _metrics(0, 70.0), checkpoint=True)
+    unfinished = runs / "rho100" / "ce-seed1"
+    unfinished.mkdir(parents=True)
+    save_config(cfg, unfinished / "config.yaml")
+    dest = tmp_path / "results" / "cpu"
+    out = collect(runs, dest)
+    assert out == [dest / "rho100" / "ce-seed0"]
+    assert sorted(p.name for p in out[0].iterdir()) == ["config.yaml", "log.jsonl", "metrics.json"]
+    assert not (dest / "rho100" / "ce-seed1").exists()
+    assert collect(runs, dest) == out  # idempotent
+    (runs / "rho100" / "ce-seed0" / "metrics.json").write_text(json.dumps(_metrics(0, 99.0)))
+    with pytest.raises(DataError, match="already exists with different content"):
+        collect(runs, dest)
+    assert json.loads((dest / "rho100" / "ce-seed0" / "metrics.json").read_text())["top1"] == 70.0
+    with pytest.raises(DataError, match="no finished run"):
+        collect(unfinished, dest)
+
+
+def test_cli_page_writes_the_file_and_every_key_row(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.md").write_text("Nothing measured yet.\n")
+    out = tmp_path / "docs" / "results.md"
+    r = subprocess.run([sys.executable, "-m", "longtail", "results", "page", "--results", str(tmp_path / "results"),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    for kr in KEY_TABLE.rows:
+        assert f"| {kr.label} |" in text
+    assert "Nothing measured yet." in text
+
+
+def test_committed_page_is_generated_from_committed_runs():
+    """docs/results.md is exactly what ``longtail results page`` writes from results/."""
+    root = Path(__file__).resolve().parents[1]
+    notes = root / "results" / "notes.md"
+    text = format_page(load_sources(root / "results"), notes.read_text() if notes.is_file() else "")
+    assert (root / "docs" / "results.md").read_text() == text, "run `longtail results page` and commit docs/results.md"
