@@ -13,6 +13,7 @@ An unknown name raises :class:`~longtail.errors.ConfigError` listing the valid o
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, Iterator, Optional
 
 from .errors import ConfigError
@@ -51,14 +52,19 @@ class Registry:
             ) from None
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Instantiate the entry called ``name``; bad keyword names raise ConfigError."""
+        """Instantiate the entry called ``name`` with ``args`` and ``kwargs``.
+
+        The arguments are bound to the entry's signature before the call, so only arguments
+        that do not fit it (an unknown keyword, a missing required one) become a ConfigError;
+        a ``TypeError`` raised inside the constructor is a bug and propagates unchanged.
+
+        Raises:
+            ConfigError: Unknown ``name``, or arguments that do not fit the entry's signature
+                (the message names the valid parameters).
+        """
         factory = self.get(name)
-        try:
-            return factory(*args, **kwargs)
-        except TypeError as err:
-            if "argument" in str(err):
-                raise ConfigError(f"{self.kind} '{name}': {err}") from err
-            raise
+        check_arguments(factory, f"{self.kind} '{name}'", *args, **kwargs)
+        return factory(*args, **kwargs)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -74,3 +80,27 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def check_arguments(factory: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> None:
+    """Raise ConfigError when ``factory(*args, **kwargs)`` would not bind to its signature.
+
+    Args:
+        factory: A class or function.
+        what: How the error message names the component (e.g. ``"loss 'ce'"``).
+        *args: Positional arguments of the intended call.
+        **kwargs: Keyword arguments of the intended call.
+
+    Raises:
+        ConfigError: The arguments do not fit; the message lists the keyword parameters.
+    """
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # no introspectable signature (some builtins): let the call decide
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as err:
+        valid = [p.name for p in sig.parameters.values()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)][len(args):]
+        raise ConfigError(f"{what}: {err}; valid parameters: {', '.join(valid) or '(none)'}") from None
