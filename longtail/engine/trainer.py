@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -257,7 +258,7 @@ def evaluate(model: nn.Module, loss_fn: LongTailLoss, batches: Iterable, class_c
     num_classes = len(class_counts)
     norm_sum = norm_cnt = None
     for x, y in batches:
-        with torch.autocast(device_type=x.device.type, dtype=amp) if amp is not None else _null():
+        with torch.autocast(device_type=x.device.type, dtype=amp) if amp is not None else nullcontext():
             out = model(x)
         f = out.features.float()
         logits = loss_fn.predict(out.logits.float(), f)
@@ -280,14 +281,6 @@ def evaluate(model: nn.Module, loss_fn: LongTailLoss, batches: Iterable, class_c
         outputs = {"features": torch.cat(feats), "raw_logits": torch.cat(raw), "logits": acc.logits(),
                    "targets": acc.targets()}
     return metrics, outputs
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _headline(metrics: dict) -> str:

@@ -68,10 +68,6 @@ class LongTailLoss(nn.Module):
         return logits
 
     # -- helpers for subclasses -------------------------------------------------------------
-    @staticmethod
-    def _f32(x: Optional[Tensor]) -> Optional[Tensor]:
-        return None if x is None else x.float()
-
     def _check(self, logits: Tensor, target: Tensor) -> None:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(
@@ -131,10 +127,3 @@ class DeferredReweighting(nn.Module):
             return
         with torch.no_grad():
             self.weight.copy_(self.balanced if epoch >= self.drw_epoch else torch.ones_like(self.balanced))
-
-
-def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
-    """Cross-entropy in (at least) float32 with optional per-class weights, mean-reduced like ``F.cross_entropy``
-    (weighted mean: sum_i w_{y_i} l_i / sum_i w_{y_i})."""
-    dtype = torch.promote_types(logits.dtype, torch.float32)  # float32 under autocast, float64 stays
-    return nn.functional.cross_entropy(logits.to(dtype), target, weight=None if weight is None else weight.to(dtype))

@@ -165,11 +165,6 @@ class KPSLoss(LongTailLoss):
                 self.ga_active.fill_(1.0 if epoch >= self.ga_epoch else 0.0)
         self.drw.set_progress(epoch, total_epochs)
 
-    @property
-    def ga_enabled(self) -> bool:
-        """Whether GA is currently switched on (reads the buffer: a host sync on CUDA)."""
-        return bool(self.ga_active.item() > 0.5)
-
     # -- loss -------------------------------------------------------------------------------
     def kps_logits(self, logits: Tensor, target: Tensor) -> Tensor:
         """The scaled KPS logits ``scale_i * (r_j cos_ij - m_j [j = y_i])`` (eq. 3.16, 3.26).
