@@ -7,7 +7,7 @@ from torch import Tensor
 
 from . import LOSSES
 from .base import LongTailLoss, as_counts
-from .ce import Counts, smoothed_nll, to_compute
+from .functional import Counts, smoothed_nll, to_compute
 
 
 @LOSSES.register("balanced_softmax")

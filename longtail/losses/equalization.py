@@ -9,7 +9,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import LOSSES
 from .base import LongTailLoss, as_counts
-from .ce import Counts, onehot_mask, smoothed_nll, to_compute
+from .functional import Counts, onehot_mask, smoothed_nll, to_compute
 
 
 @LOSSES.register("eql")

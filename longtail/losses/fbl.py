@@ -42,6 +42,7 @@ from ..balance import log_ratio
 from ..errors import ConfigError
 from . import LOSSES
 from .base import LongTailLoss, as_counts
+from .functional import compute_dtype, to_compute
 
 __all__ = ["FeatureBalancedLoss", "fbl_alpha", "fbl_stimulus", "CURRICULA"]
 
@@ -184,7 +185,7 @@ class FeatureBalancedLoss(LongTailLoss):
             raise ValueError(
                 f"FeatureBalancedLoss: features have {features.shape[0]} rows but logits have {logits.shape[0]}"
             )
-        dt = torch.promote_types(torch.promote_types(logits.dtype, features.dtype), torch.float32)
+        dt = compute_dtype(logits, features)
         z = logits.to(dt)
         f = features.to(dt).flatten(1)
         norm = torch.linalg.vector_norm(f, dim=1, keepdim=True)
@@ -197,7 +198,7 @@ class FeatureBalancedLoss(LongTailLoss):
 
     def predict(self, logits: Tensor, features: Optional[Tensor] = None) -> Tensor:
         """The plain logits ``z``: the stimulus is only applied in training."""
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return to_compute(logits)
 
     # -- introspection ----------------------------------------------------------------------
     def constants(self) -> dict:

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import LOSSES
 from .base import DeferredReweighting, LongTailLoss
-from .ce import Counts, check_drw, to_compute
+from .functional import Counts, check_drw, to_compute
 
 
 @LOSSES.register("focal")

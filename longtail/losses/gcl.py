@@ -34,6 +34,7 @@ from ..balance import log_ratio
 from ..errors import ConfigError
 from . import LOSSES
 from .base import DeferredReweighting, LongTailLoss, as_counts
+from .functional import class_weighted_mean, compute_dtype, onehot_mask, to_compute
 
 __all__ = ["GCLLoss", "cloud_sizes", "CLOUDS"]
 
@@ -173,7 +174,7 @@ class GCLLoss(LongTailLoss):
             float64 input).
         """
         self._check(logits, target)
-        dt = torch.promote_types(logits.dtype, torch.float32)
+        dt = compute_dtype(logits)
         cos = logits.to(dt)
         if noise is not None:
             eps = noise.to(dt)
@@ -183,7 +184,7 @@ class GCLLoss(LongTailLoss):
                 eps = eps.clamp(-self.noise_clamp, self.noise_clamp)
             cos = cos - self.noise_mul * self.delta.to(dt) * eps.abs()  # eq. (5.11)
         if self.m != 0.0:
-            onehot = (target.view(-1, 1) == torch.arange(self.num_classes, device=cos.device)).to(dt)
+            onehot = onehot_mask(target, self.num_classes).to(dt)
             cos = cos - self.m * onehot
         return self.s * cos
 
@@ -214,7 +215,7 @@ class GCLLoss(LongTailLoss):
             ``l_i = (1 - p_i)^gamma * CE_i`` with ``p_i`` the (unweighted) target probability.
         """
         if noise is None and self.training and self.noise_mul > 0 and self.noise_std > 0:
-            noise = self.sample_noise(logits.shape, logits.device, torch.promote_types(logits.dtype, torch.float32))
+            noise = self.sample_noise(logits.shape, logits.device, compute_dtype(logits))
         out = self.clouded_logits(logits, target, noise)
         weight = self._class_weight(out.dtype)
         if self.gamma == 0.0:
@@ -224,15 +225,11 @@ class GCLLoss(LongTailLoss):
         factor = (1.0 - p).clamp_min(0.0)
         if self.focal_detach:
             factor = factor.detach()
-        per_sample = factor.pow(self.gamma) * ce
-        if weight is None:
-            return per_sample.mean()
-        w = weight[target]
-        return (w * per_sample).sum() / w.sum()
+        return class_weighted_mean(factor.pow(self.gamma) * ce, target, weight)
 
     def predict(self, logits: Tensor, features: Optional[Tensor] = None) -> Tensor:
         """``s * cos``: no cloud and no margin at evaluation."""
-        return self.s * logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return self.s * to_compute(logits)
 
     # -- introspection ----------------------------------------------------------------------
     def constants(self) -> dict:

@@ -27,13 +27,9 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import LOSSES
 from .base import DeferredReweighting, LongTailLoss, as_counts
+from .functional import compute_dtype, onehot_mask, to_compute
 
 __all__ = ["KPSLoss", "kps_constants"]
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float32 for half/bfloat16/float32 inputs, float64 for float64 inputs."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def kps_constants(
@@ -177,9 +173,9 @@ class KPSLoss(LongTailLoss):
             ``(N, C)`` tensor in float32 (float64 for float64 input).
         """
         self._check(logits, target)
-        dt = _compute_dtype(logits)
+        dt = compute_dtype(logits)
         cos = logits.to(dt)
-        onehot = (target.view(-1, 1) == torch.arange(self.num_classes, device=cos.device)).to(dt)
+        onehot = onehot_mask(target, self.num_classes).to(dt)
         z_hat = self.radius.to(dt) * cos - self.margin.to(dt) * onehot  # eq. (3.21)
         if self.ga_epoch is None:
             return self.s * z_hat  # eq. (3.22)
@@ -195,7 +191,7 @@ class KPSLoss(LongTailLoss):
 
     def predict(self, logits: Tensor, features: Optional[Tensor] = None) -> Tensor:
         """``s * cos``: the decision boundary used at test time ignores radius and margin."""
-        return self.s * logits.to(_compute_dtype(logits))
+        return self.s * to_compute(logits)
 
     # -- introspection ----------------------------------------------------------------------
     def constants(self) -> dict:

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import LOSSES
 from .base import LongTailLoss, as_counts
-from .ce import Counts, smoothed_nll, to_compute
+from .functional import Counts, smoothed_nll, to_compute
 
 SHAPES = ("concave", "linear", "convex", "exp")
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import LOSSES
 from .base import DeferredReweighting, LongTailLoss, as_counts
-from .ce import Counts, check_drw, class_weighted_mean, onehot_mask, smoothed_nll, to_compute
+from .functional import Counts, check_drw, class_weighted_mean, onehot_mask, smoothed_nll, to_compute
 
 
 @LOSSES.register("ldam")

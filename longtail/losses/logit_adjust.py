@@ -8,7 +8,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import LOSSES
 from .base import LongTailLoss, as_counts
-from .ce import Counts, CrossEntropy, smoothed_nll, to_compute
+from .ce import CrossEntropy
+from .functional import Counts, smoothed_nll, to_compute
 
 
 def log_prior(class_counts: Counts) -> Tensor:

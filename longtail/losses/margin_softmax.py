@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import LOSSES
 from .base import LongTailLoss
-from .ce import Counts, onehot_mask, smoothed_nll, to_compute
+from .functional import Counts, onehot_mask, smoothed_nll, to_compute
 
 
 def _check_sm(name: str, s: float, m: float) -> tuple[float, float]:
