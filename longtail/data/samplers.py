@@ -52,7 +52,6 @@ __all__ = [
     "CBENSampler",
     "epoch_seed",
     "cben_gammas",
-    "effective_number_weights",
 ]
 
 SAMPLERS = Registry("sampler")
@@ -145,12 +144,6 @@ def _as_targets(targets: TargetsLike, num_classes: int) -> np.ndarray:
     return arr
 
 
-def effective_number_weights(counts: np.ndarray, beta: Union[float, np.ndarray]) -> np.ndarray:
-    """Inverse effective number ``(1 - beta) / (1 - beta^n)`` of Cui et al. (2019), unnormalized
-    (:func:`longtail.balance.effective_number`)."""
-    return effective_number(counts, beta)
-
-
 def cben_gammas(counts: np.ndarray, a: float = 0.9999, b: float = 1e-5) -> np.ndarray:
     """Per-sample CBEN sampling constants gamma_j (thesis eq. 5.13-5.15), normalized.
 
@@ -175,7 +168,7 @@ def cben_gammas(counts: np.ndarray, a: float = 0.9999, b: float = 1e-5) -> np.nd
     span = delta.max() - delta.min()
     rel = (delta - delta.min()) / span if span > 0 else np.zeros_like(delta)
     beta = b * rel + a
-    gamma = effective_number_weights(n, beta)
+    gamma = effective_number(n, beta)  # unnormalized (1 - beta_j) / (1 - beta_j^n_j)
     return gamma / gamma.sum()
 
 
@@ -492,7 +485,7 @@ class EffectiveNumberSampler(WeightedClassSampler):
         self.per = _check_per(per)
 
     def _class_weights(self) -> np.ndarray:
-        w = effective_number_weights(self.class_counts, self.beta)
+        w = effective_number(self.class_counts, self.beta)  # unnormalized: only ratios matter here
         return w * self.class_counts if self.per == "sample" else w
 
 
