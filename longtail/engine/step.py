@@ -14,7 +14,8 @@ to run the same computation, chosen by config:
   coefficients (drawn per epoch on the device, indexed by a device step counter) and the random
   numbers of the loss (CUDA-graph-safe Philox generators).
 
-Mixup (Zhang et al. 2018) is applied here, to every loss, as ``lam * L(y_a) + (1 - lam) * L(y_b)``.
+Mixup (Zhang et al. 2018) is applied here, to every loss, as ``lam * L(y_a) + (1 - lam) * L(y_b)``
+(:class:`~longtail.losses.mixup.MixupSchedule`, :func:`~longtail.losses.mixup.mixup_loss`).
 """
 from __future__ import annotations
 
@@ -25,38 +26,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..losses import mixup_loss
+from ..losses.mixup import MixupSchedule, mixup_loss
 
-
-class MixupSchedule:
-    """Per-epoch mixup coefficients on the device.
-
-    ``start_epoch(steps)`` draws ``lam ~ Beta(alpha, alpha)`` for every step of the epoch at
-    once (device ops, no sync); ``mix(x, y)`` uses the next one, counted by a device tensor.
-    """
-
-    def __init__(self, alpha: float, device: torch.device) -> None:
-        self.alpha = float(alpha)
-        self.device = device
-        self.lams = torch.ones(1, device=device)
-        self.index = torch.zeros((), dtype=torch.long, device=device)
-
-    def start_epoch(self, steps: int) -> None:
-        a = torch.full((steps + 1,), self.alpha, device=self.device)
-        lams = torch.distributions.Beta(a, a, validate_args=False).sample()  # no host-side check
-        if self.lams.shape == lams.shape:
-            self.lams.copy_(lams)  # keep the address a captured graph reads
-        else:
-            self.lams = lams
-        self.index.zero_()
-
-    def mix(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        lam = self.lams.index_select(0, self.index.clamp(max=self.lams.numel() - 1).reshape(1)).reshape(())
-        self.index.add_(1)
-        perm = torch.argsort(torch.rand(x.shape[0], device=x.device))
-        lam_x = lam.to(x.dtype)
-        x = lam_x * x + (1 - lam_x) * x.index_select(0, perm)
-        return x, y, y.index_select(0, perm), lam
+__all__ = ["MixupSchedule", "TrainStep"]
 
 
 class TrainStep:

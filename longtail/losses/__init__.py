@@ -10,7 +10,7 @@ LOSSES = Registry("loss")
 from .base import LongTailLoss  # noqa: E402,F401
 from . import baselines  # noqa: E402,F401  (CE, focal, CB, LDAM, LA, BS, EQL, CosFace, ArcFace, LAS)
 from . import kps, fbl, gcl  # noqa: E402,F401  (the thesis's methods)
-from .mixup import mixup_batch, mixup_loss  # noqa: E402,F401
+from .mixup import MixupSchedule, mixup_loss  # noqa: E402,F401
 
 
 def build_loss(name: str, class_counts, **params) -> LongTailLoss:

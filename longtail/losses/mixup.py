@@ -1,11 +1,13 @@
-"""Input mixup (Zhang et al. 2018) for any longtail loss.
+"""Input mixup (Zhang et al. 2018) for any longtail loss: the one implementation training uses.
 
-``mixup_batch`` mixes a batch with a random permutation of itself, ``mixup_loss`` combines the
-loss against both targets. All sampling happens on the batch's device (no host synchronization),
-so a training step using mixup can be captured in a CUDA graph.
+:class:`MixupSchedule` mixes each training batch with a random permutation of itself, with one
+``lam ~ Beta(alpha, alpha)`` per step; :func:`mixup_loss` combines the loss against both target
+sets. All sampling happens on the batch's device (no host synchronization), so a training step
+using mixup can be captured in a CUDA graph (:class:`longtail.engine.step.TrainStep`).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -13,50 +15,63 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-
-def _sample_beta(alpha: float, device: torch.device, generator: Optional[torch.Generator]) -> Tensor:
-    """lam ~ Beta(alpha, alpha) as a 0-dim float32 tensor on ``device``.
-
-    Sampled as G1 / (G1 + G2) with G1, G2 ~ Gamma(alpha, 1) i.i.d., in float64 (so that both
-    gammas underflowing to 0 for small alpha is practically impossible; the sum is still clamped
-    to the smallest positive number, giving lam = 0 rather than NaN in that case).
-    """
-    gen_device = generator.device if generator is not None else device
-    conc = torch.full((2,), float(alpha), dtype=torch.float64, device=gen_device)
-    g = torch._standard_gamma(conc, generator=generator)
-    lam = g[0] / (g[0] + g[1]).clamp_min(torch.finfo(torch.float64).tiny)
-    return lam.clamp(0.0, 1.0).to(device=device, dtype=torch.float32)
+__all__ = ["MixupSchedule", "mixup_loss"]
 
 
-def mixup_batch(
-    x: Tensor, y: Tensor, alpha: float, generator: Optional[torch.Generator] = None
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Mix a batch with a permutation of itself (Zhang et al. 2018).
+class MixupSchedule:
+    """Per-epoch mixup coefficients on the device (one ``lam`` per training step).
 
-    x_mixed = lam * x + (1 - lam) * x[perm], lam ~ Beta(alpha, alpha), perm a uniformly random
-    permutation of the batch. One lam per batch, as in the reference implementation.
+    ``start_epoch(steps)`` draws ``lam ~ Beta(alpha, alpha)`` for every step of the epoch at
+    once, from the global RNG of the device (which the trainer re-seeds every epoch), without a
+    host sync; :meth:`mix` uses the next one, counted by a device tensor. A step past the end
+    reuses the last coefficient. The coefficient tensor keeps its address across epochs of the
+    same length, so a captured CUDA graph keeps reading the current epoch's values.
 
     Args:
-        x: Input batch (N, ...), floating point.
-        y: Targets (N,).
-        alpha: Beta concentration; ``alpha <= 0`` disables mixing (returns x, y, y, lam = 1).
-        generator: Optional torch.Generator (its device is used for sampling; the results are
-            moved to x's device). None: the default generator of x's device.
+        alpha: Beta concentration, > 0 (the trainer does not build a schedule for 0).
+        device: Device of the batches.
 
-    Returns:
-        (x_mixed, y_a, y_b, lam): y_a = y, y_b = y[perm], lam a 0-dim float32 tensor on x's device.
+    Raises:
+        ConfigError: ``alpha`` is not a positive number.
     """
-    alpha = float(alpha)
-    if alpha != alpha:  # NaN
-        raise ConfigError("mixup alpha must be a number, got NaN")
-    if alpha <= 0:
-        return x, y, y, torch.ones((), dtype=torch.float32, device=x.device)
-    lam = _sample_beta(alpha, x.device, generator)
-    gen_device = generator.device if generator is not None else x.device
-    perm = torch.randperm(x.shape[0], generator=generator, device=gen_device).to(x.device)
-    lam_x = lam.to(x.dtype)
-    x_mixed = lam_x * x + (1.0 - lam_x) * x[perm]
-    return x_mixed, y, y[perm], lam
+
+    def __init__(self, alpha: float, device: torch.device) -> None:
+        alpha = float(alpha)
+        if not (alpha > 0 and math.isfinite(alpha)):
+            raise ConfigError(f"mixup alpha must be a positive number, got {alpha}")
+        self.alpha = alpha
+        self.device = device
+        self.lams = torch.ones(1, device=device)
+        self.index = torch.zeros((), dtype=torch.long, device=device)
+
+    def start_epoch(self, steps: int) -> None:
+        """Draw the coefficients of an epoch of ``steps`` steps and restart the step counter."""
+        a = torch.full((steps + 1,), self.alpha, device=self.device)
+        lams = torch.distributions.Beta(a, a, validate_args=False).sample()  # no host-side check
+        if self.lams.shape == lams.shape:
+            self.lams.copy_(lams)  # keep the address a captured graph reads
+        else:
+            self.lams = lams
+        self.index.zero_()
+
+    def mix(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Mix a batch with a permutation of itself: ``lam * x + (1 - lam) * x[perm]``.
+
+        Args:
+            x: Input batch ``(N, ...)``, floating point (its dtype is kept).
+            y: Targets ``(N,)``.
+
+        Returns:
+            ``(x_mixed, y_a, y_b, lam)``: ``y_a = y``, ``y_b = y[perm]``, ``lam`` the step's 0-dim
+            float32 coefficient; ``perm`` is ``argsort`` of ``N`` uniform draws of the device's
+            global RNG.
+        """
+        lam = self.lams.index_select(0, self.index.clamp(max=self.lams.numel() - 1).reshape(1)).reshape(())
+        self.index.add_(1)
+        perm = torch.argsort(torch.rand(x.shape[0], device=x.device))
+        lam_x = lam.to(x.dtype)
+        x = lam_x * x + (1 - lam_x) * x.index_select(0, perm)
+        return x, y, y.index_select(0, perm), lam
 
 
 def mixup_loss(
@@ -75,7 +90,7 @@ def mixup_loss(
     Args:
         loss_fn: A loss with the longtail signature.
         logits: Head output (N, C).
-        y_a, y_b: The two target sets returned by :func:`mixup_batch`.
+        y_a, y_b: The two target sets returned by :meth:`MixupSchedule.mix`.
         lam: Mixing weight (python float or 0-dim tensor).
         features: Pooled features, forwarded to the loss.
     """
