@@ -420,7 +420,8 @@ def run_features(run_dir: PathLike, split: str = "test", max_points: Optional[in
     """
     from ..config import load_config, load_saved_config
     from ..engine.checkpoint import load_checkpoint, load_model_state
-    from ..engine.trainer import build, eval_batches, evaluate, seed_everything
+    from ..engine.trainer import build, eval_batches, evaluate
+    from ..seeding import seed_everything
 
     run_dir = Path(run_dir)
     cpath = run_dir / "config.yaml"

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from .samplers import LongTailSampler, epoch_seed
+from ..seeding import epoch_seed
+from .samplers import LongTailSampler
 
 __all__ = [
     "draw_indices",

@@ -37,6 +37,7 @@ from torch.utils.data import Sampler
 from ..balance import effective_number, log_ratio
 from ..errors import ConfigError, DataError
 from ..registry import Registry
+from ..seeding import epoch_seed
 
 __all__ = [
     "SAMPLERS",
@@ -50,7 +51,6 @@ __all__ = [
     "ProgressivelyBalancedSampler",
     "EffectiveNumberSampler",
     "CBENSampler",
-    "epoch_seed",
     "cben_gammas",
 ]
 
@@ -65,24 +65,6 @@ _COMMON = ("seed", "num_samples", "total_epochs", "rank", "world_size")
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """Derive the 63-bit seed of one epoch's random stream from ``(seed, epoch, stream)``.
-
-    Uses ``numpy.random.SeedSequence`` so that nearby ``(seed, epoch)`` pairs give unrelated
-    streams (``seed + epoch`` would make seed 0 / epoch 1 equal seed 1 / epoch 0).
-
-    Args:
-        seed: Non-negative base seed.
-        epoch: Non-negative epoch index.
-        stream: Independent sub-stream id (0: index draw, 1: augmentation, ...).
-
-    Returns:
-        An integer in ``[0, 2**63)``, suitable for ``torch.Generator.manual_seed``.
-    """
-    state = np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1))
-
-
 def _check_int(name: str, value: Any, *, minimum: int, allow_none: bool = False) -> Optional[int]:
     if value is None and allow_none:
         return None

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision import transforms as T
 
 from ..errors import ConfigError, DataError
+from ..seeding import sample_seed, seed_everything
 
 CIFAR_MEAN: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 """Channel means used by the field's CIFAR-LT code (CIFAR-10 and CIFAR-100 alike)."""
@@ -135,28 +136,6 @@ class MinSize:
 
 
 # -- reproducible per-sample augmentation ---------------------------------------------------------
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(x: int) -> int:
-    """splitmix64 finalizer: a well-spread 64-bit hash of an integer."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def sample_seed(epoch_seed: int, index: int) -> int:
-    """The seed of sample ``index`` in an epoch whose seed is ``epoch_seed`` (< 2**63)."""
-    return _mix64(_mix64(int(epoch_seed) & _MASK64) ^ (int(index) & _MASK64)) >> 1
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-
-
 class EpochIndexSampler(Sampler):
     """Yields ``(epoch_seed, index)`` for each index of ``sampler`` (for :class:`EpochSeededDataset`).
 
@@ -198,11 +177,11 @@ class EpochSeededDataset(Dataset):
         epoch_seed, index = key
         seed = sample_seed(epoch_seed, index)
         if get_worker_info() is not None:  # a worker's RNGs are its own
-            _seed_all(seed)
+            seed_everything(seed)
             return self.dataset[index]
         states = torch.get_rng_state(), random.getstate(), np.random.get_state()
         try:
-            _seed_all(seed)
+            seed_everything(seed)
             return self.dataset[index]
         finally:
             torch.set_rng_state(states[0])

@@ -27,12 +27,13 @@ from ..config import load_config, load_saved_config
 from ..errors import CheckpointError, ConfigError
 from ..losses import build_loss
 from ..models import LWSHead, tau_normalize
+from ..seeding import seed_everything
 from .checkpoint import load_checkpoint, load_model_state
 from .features import FeatureLoader, HeadOnly, compute_features, use_feature_cache
 from .metrics import Accumulator
 from .runlog import default_run_name
 from .trainer import (Run, build, check_loss_head, eval_batches, evaluate, finish, fit, make_run_dir, make_train_loader,
-                      seed_everything, train_batch_size)
+                      train_batch_size)
 
 METHODS = ("crt", "lws", "tau_norm", "none")
 

@@ -9,7 +9,6 @@ gradient-adjustment switch, the FBL curriculum) -- never as a forked loop.
 from __future__ import annotations
 
 import math
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ..data.gpu import GpuLoader, iterate_eval
 from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..losses import LongTailLoss, build_loss
 from ..models import LongTailModel, build_model
+from ..seeding import global_epoch_seed, seed_everything
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_model_state, save_atomic
 from .checkpoint import check_finite_state, kept_message
@@ -68,18 +68,6 @@ def eval_every(every, device: torch.device, epochs: int) -> int:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"eval.every must be a positive number of epochs or 'auto', got {every!r}")
     return every
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int, stage: int = 1) -> int:
-    """Every epoch re-seeds the global RNGs from (seed, epoch), so a resumed run continues
-    with exactly the random numbers an uninterrupted run would have drawn."""
-    return (seed * 1_000_003 + stage * 10_007 + epoch) % 2**31
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +337,7 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            seed_everything(epoch_seed(seed, epoch, stage))
+            seed_everything(global_epoch_seed(seed, epoch, stage))  # a resumed run draws the same numbers
             lr = lr_at(epoch, optim_cfg)
             set_lr(optimizer, lr)
             run.loss_fn.set_progress(epoch, epochs)
