@@ -38,7 +38,11 @@ __all__ = [
     "normalize_uint8",
     "GpuLoader",
     "iterate_eval",
+    "RESIDENT_AUGMENTS",
 ]
+
+#: The ``data.augment`` kinds the device-resident path implements (``imagenet``'s resizing crops it does not).
+RESIDENT_AUGMENTS = ("cifar", "none")
 
 DeviceLike = Union[str, torch.device]
 
@@ -275,8 +279,8 @@ class GpuLoader:
         padding: int = 4,
         seed: Optional[int] = None,
     ) -> None:
-        if augment not in ("cifar", "none"):
-            raise ConfigError(f"augment must be 'cifar' or 'none', got {augment!r}")
+        if augment not in RESIDENT_AUGMENTS:
+            raise ConfigError(f"augment must be one of {', '.join(RESIDENT_AUGMENTS)}, got {augment!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

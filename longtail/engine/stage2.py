@@ -77,8 +77,7 @@ def tau_sweep(run: Run, split: str, grid: list[float], many: int, few: int) -> l
     """Metrics of the tau-normalized head for each tau, from features computed once."""
     _, outs = evaluate(run.model, run.loss_fn, eval_batches(run, split), run.bundle.class_counts,
                        amp=run.amp_dtype, many=many, few=few, keep_logits=True)
-    feats = outs["features"]
-    targets = torch.cat([y for _, y in eval_batches(run, split)])
+    feats, targets = outs["features"], outs["targets"]  # one pass over the split
     rows = []
     for tau in grid:
         head = tau_normalize(run.model.head, float(tau)).to(feats.device)

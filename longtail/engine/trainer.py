@@ -8,6 +8,7 @@ gradient-adjustment switch, the FBL curriculum) -- never as a forked loop.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import nullcontext
@@ -24,7 +25,7 @@ from ..config import load_saved_config, save_config
 from ..data import DataBundle, build_datasets, build_sampler
 from ..data.transforms import EpochIndexSampler, EpochSeededDataset
 from ..data.folder import annotate_metrics, resolve_auto
-from ..data.gpu import GpuLoader, iterate_eval
+from ..data.gpu import RESIDENT_AUGMENTS, GpuLoader, iterate_eval
 from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..losses import LongTailLoss, build_loss
 from ..models import LongTailModel, build_model
@@ -125,19 +126,41 @@ def train_batch_size(run: Run, batch_size: Optional[int] = None) -> int:
     return dist.per_rank_batch(int(batch_size or run.cfg["data"]["batch_size"]), run.dist)
 
 
+def use_resident(run: Run) -> bool:
+    """Whether training and evaluation batches come from the device-resident path.
+
+    ``data.gpu_resident: auto`` keeps in-memory datasets on the device when the resident path
+    implements their ``data.augment`` (:data:`~longtail.data.gpu.RESIDENT_AUGMENTS`); any other
+    dataset goes through a DataLoader with the torchvision transforms, so both paths train and
+    evaluate on the same images.
+
+    Raises:
+        ConfigError: ``data.gpu_resident: true`` with an in-memory dataset whose ``data.augment``
+            the resident path lacks (``imagenet``: RandomResizedCrop, Resize + CenterCrop).
+    """
+    setting, bundle = run.cfg["data"]["gpu_resident"], run.bundle
+    if not bundle.in_memory or not _auto(setting, True):
+        return False
+    if bundle.augment not in RESIDENT_AUGMENTS:
+        if setting == "auto":
+            return False
+        raise ConfigError(f"data.gpu_resident=true cannot train with data.augment={bundle.augment}: the device-resident "
+                          f"path implements only {', '.join(RESIDENT_AUGMENTS)} (no RandomResizedCrop, no Resize + "
+                          f"CenterCrop); set data.gpu_resident=auto or false, or another data.augment")
+    return True
+
+
 def make_train_loader(run: Run, sampler_cfg: dict, total_epochs: int, stage_seed: int, batch_size: Optional[int] = None):
-    """A GPU-resident loader for in-memory datasets, a DataLoader otherwise."""
+    """The device-resident loader when :func:`use_resident`, a DataLoader otherwise."""
     cfg, bundle = run.cfg, run.bundle
     batch_size = train_batch_size(run, batch_size)
     targets = np.asarray(bundle.train.targets)
     sampler = build_sampler(sampler_cfg["name"], targets, bundle.num_classes, seed=stage_seed,
                             total_epochs=total_epochs, rank=run.dist.rank, world_size=run.dist.world_size,
                             **sampler_cfg["params"])
-    resident = _auto(cfg["data"]["gpu_resident"], True) and bundle.in_memory
-    if resident:
+    if use_resident(run):
         return GpuLoader(bundle.train.data, targets, sampler, batch_size, run.device,
-                         bundle.mean, bundle.std, augment=bundle.augment if bundle.augment in ("cifar", "none") else "none",
-                         channels_last=run.channels_last)
+                         bundle.mean, bundle.std, augment=bundle.augment, channels_last=run.channels_last)
     return _DataLoaderAdapter(bundle.train, sampler, batch_size, cfg["data"]["num_workers"],
                               run.device, run.channels_last)
 
@@ -171,13 +194,14 @@ class _DataLoaderAdapter:
 
 
 def eval_batches(run: Run, split: str) -> Iterable:
-    """Batches ``(x, y)`` of an evaluation split, on the device, in dataset order."""
+    """Batches ``(x, y)`` of a split, on the device, in dataset order, with the evaluation transform
+    (also for ``split="train"``, whose dataset carries the random training transform)."""
     bundle = run.bundle
     ds = {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split]
     if ds is None:
         raise ConfigError(f"dataset '{run.cfg['data']['name']}' has no '{split}' split")
     bs = run.cfg["data"]["eval_batch_size"]
-    if bundle.in_memory and _auto(run.cfg["data"]["gpu_resident"], True):
+    if use_resident(run):
         key = f"eval_{split}"
         if key not in run.extras:  # move the split to the device once
             run.extras[key] = (torch.as_tensor(np.asarray(ds.data)).to(run.device),
@@ -185,6 +209,9 @@ def eval_batches(run: Run, split: str) -> Iterable:
         data, targets = run.extras[key]
         yield from iterate_eval(data, targets, bs, bundle.mean, bundle.std, channels_last=run.channels_last)
         return
+    if split == "train":  # a view of the training images with the test split's (evaluation) transform
+        ds = copy.copy(ds)
+        ds.transform = bundle.test.transform
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=False, num_workers=run.cfg["data"]["num_workers"],
                                          pin_memory=run.device.type == "cuda")
     for x, y in loader:
