@@ -33,11 +33,11 @@ How the runs are organised:
   data (the synthetic set) or overrides that change the published recipe, the table says so in
   its header and shows ``n/c`` (not comparable) instead of the difference.
 
-Published numbers: each table carries the numbers printed in *that* table of the thesis
-(``../shared/thesis.txt``; Tables 3.2 and 3.4 print top-1 *error*, converted here as
-``100 - error``). They equal the summary in ``docs/METHODS.md`` except for the CE baseline, which
-the thesis measured separately per chapter: 70.36 / 75.22 in Table 3.2 and 71.07 / 75.31 in
-Table 4.2 (METHODS.md lists Table 5.2's 65.68 / 70.70 / 74.81, used for Table 5.2 here).
+Published numbers: each table carries the numbers printed in *that* table of the thesis (LI
+Mengke, "Advances in Long-Tailed Visual Recognition", 2022; Tables 3.2 and 3.4 print top-1
+*error*, converted here as ``100 - error``). The CE baseline was measured separately per chapter:
+70.36 / 75.22 in Table 3.2, 71.07 / 75.31 in Table 4.2 and 65.68 / 70.70 / 74.81 in Table 5.2;
+each table is compared with its own.
 """
 from __future__ import annotations
 
@@ -46,10 +46,7 @@ import json
 import math
 import os
 import shlex
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +54,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, load_config, parse_override, scaled_epoch_overrides
 from .errors import ConfigError
-from .jobs import child_env, resolve_jobs
+from .jobs import Job, job_state, resolve_jobs, run_jobs
 
 __all__ = ["Row", "Table", "FigureSpec", "TABLES", "get_table", "plan", "format_markdown", "main"]
 
@@ -329,33 +326,6 @@ def get_table(table_id: str) -> Table:
 # Planning the runs
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class Job:
-    """One ``longtail`` process to run (or a finished run to reuse).
-
-    Attributes:
-        run_dir: The run folder the job produces.
-        stage: 1 or 2.
-        argv: Arguments after ``python -m longtail``.
-        depends: The stage-1 run folder a stage-2 job needs, else None.
-        state: ``done`` (reuse), ``new``, ``resume`` (stage-1 checkpoint found) or ``restart``
-            (an unfinished folder to remove first).
-    """
-
-    run_dir: Path
-    stage: int
-    argv: List[str]
-    depends: Optional[Path] = None
-    state: str = "new"
-
-    def command(self) -> str:
-        """The shell command, as printed by ``--dry-run``."""
-        cmd = "python -m longtail " + shlex.join(self.argv)
-        if self.state == "restart":
-            cmd = f"rm -r {shlex.quote(str(self.run_dir))} && " + cmd
-        return cmd
-
-
-@dataclass
 class Plan:
     """The jobs of one ``reproduce`` call and which run folder fills which table cell.
 
@@ -417,16 +387,6 @@ def _check_user_overrides(overrides: Sequence[str]) -> List[str]:
     return out
 
 
-def _state(run_dir: Path, stage: int) -> str:
-    if (run_dir / "metrics.json").is_file():
-        return "done"
-    if not run_dir.exists():
-        return "new"
-    if stage == 1 and (run_dir / "config.yaml").is_file() and (run_dir / "last.pt").is_file():
-        return "resume"
-    return "restart"
-
-
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._" else "-" for c in text).strip("-")
 
@@ -471,10 +431,10 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
                 name1 = f"{_slug(row.recipe)}-{_identity(cfg1, ignore=('stage2',))}-seed{seed}"
                 dir1 = folder / name1
                 if dir1 not in jobs:
-                    state = _state(dir1, 1)
+                    state, note = job_state(dir1, 1, cfg1)
                     argv = (["train", "--resume", str(dir1)] if state == "resume" else
                             ["train", row.recipe, *s1_over, f"output_dir={folder}", f"name={name1}", "quiet=true"])
-                    jobs[dir1] = Job(dir1, 1, argv, state=state)
+                    jobs[dir1] = Job(dir1, 1, argv, out / "logs" / f"{name1}.log", state=state, note=note)
                 if scaled:
                     p.scaled.setdefault(row.recipe, scaled)
                 s1cells.append(dir1)
@@ -492,112 +452,16 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
                 name2 = f"{name1}-s2-{_slug(what)}-{_identity(cfg2)[:6]}"
                 dir2 = folder / name2
                 if dir2 not in jobs:
-                    state = _state(dir2, 2)
+                    state, note = job_state(dir2, 2)
                     argv = ["retrain", str(dir1), *s2_over, f"output_dir={folder}", f"name={name2}", "quiet=true"]
-                    jobs[dir2] = Job(dir2, 2, argv, depends=dir1, state=state)
+                    jobs[dir2] = Job(dir2, 2, argv, out / "logs" / f"{name2}.log", depends=dir1, state=state,
+                                     note=note)
                 cell.append(dir2)
             p.cells[(rho, ri)] = cell
             p.stage1[(rho, ri)] = s1cells
     ordered = [j for j in jobs.values() if j.stage == 1] + [j for j in jobs.values() if j.stage == 2]
     p.jobs = ordered
     return p
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the jobs
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    """How a job ended: ``ok``, the wall time in seconds and, on failure, a one-line reason."""
-
-    ok: bool
-    seconds: float = 0.0
-    reason: str = ""
-
-
-def _failure_reason(log_path: Path) -> str:
-    try:
-        lines = [l.strip() for l in log_path.read_text(errors="replace").splitlines() if l.strip()]
-    except OSError:
-        return "failed (no log)"
-    for line in reversed(lines):
-        if line.startswith("longtail: error:"):
-            return line[len("longtail: error:"):].strip()[:300]
-    return (lines[-1][:300] if lines else "failed with no output")
-
-
-def run_jobs(jobs: Sequence[Job], n_jobs: int, log_dir: Path, echo=print) -> Dict[Path, Outcome]:
-    """Run the unfinished jobs, up to ``n_jobs`` at once, each as a ``python -m longtail`` process.
-
-    A stage-2 job waits for its stage-1 job; when that one failed, it is not run. Each process's
-    output goes to ``log_dir/<run name>.log``.
-
-    Args:
-        jobs: Jobs from :func:`plan`.
-        n_jobs: Processes at once (>= 1).
-        log_dir: Folder of the process logs.
-        echo: Progress printer.
-
-    Returns:
-        Outcome per run folder (finished runs reused count as ok).
-    """
-    n_jobs = max(1, int(n_jobs))
-    results: Dict[Path, Outcome] = {j.run_dir: Outcome(True) for j in jobs if j.state == "done"}
-    pending = [j for j in jobs if j.state != "done"]
-    total = len(pending)
-    if not pending:
-        return results
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = child_env(n_jobs)
-    running: Dict[subprocess.Popen, Tuple[Job, float, object, Path]] = {}
-    finished = 0
-    try:
-        while pending or running:
-            for job in list(pending):
-                if len(running) >= n_jobs:
-                    break
-                if job.depends is not None:
-                    dep = results.get(job.depends)
-                    if dep is None:
-                        continue
-                    if not dep.ok:
-                        results[job.run_dir] = Outcome(False, 0.0, "stage-1 run failed")
-                        pending.remove(job)
-                        finished += 1
-                        continue
-                pending.remove(job)
-                if job.state == "restart" and job.run_dir.exists() and not (job.run_dir / "metrics.json").exists():
-                    shutil.rmtree(job.run_dir)
-                log_path = log_dir / f"{job.run_dir.name}.log"
-                fh = open(log_path, "w")
-                proc = subprocess.Popen([sys.executable, "-m", "longtail", *job.argv], stdout=fh,
-                                        stderr=subprocess.STDOUT, env=env)
-                running[proc] = (job, time.perf_counter(), fh, log_path)
-                echo(f"  start  stage {job.stage}  {job.run_dir}")
-            done = [pr for pr in running if pr.poll() is not None]
-            for proc in done:
-                job, t0, fh, log_path = running.pop(proc)
-                fh.close()
-                secs = time.perf_counter() - t0
-                ok = proc.returncode == 0 and (job.run_dir / "metrics.json").is_file()
-                reason = "" if ok else _failure_reason(log_path)
-                results[job.run_dir] = Outcome(ok, secs, reason)
-                finished += 1
-                echo(f"  [{finished}/{total}] {'done' if ok else 'FAILED'} ({secs:.0f} s)  {job.run_dir}"
-                     + ("" if ok else f"\n      {reason} (log: {log_path})"))
-            if not done:
-                time.sleep(0.2)
-    except BaseException:
-        for proc, (_, _, fh, _) in running.items():
-            proc.terminate()
-        for proc, (_, _, fh, _) in running.items():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            fh.close()
-        raise
-    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,7 +495,7 @@ def comparability(data_name: str, overrides: Sequence[str]) -> Tuple[bool, List[
     return data_name == PUBLISHED_DATA and not changing, changing
 
 
-def summarize_plan(p: Plan, outcomes: Optional[Mapping[Path, Outcome]] = None) -> List[dict]:
+def summarize_plan(p: Plan) -> List[dict]:
     """Per (rho, row): measured means over the seeds' ``metrics.json`` and failures.
 
     Returns:
@@ -640,7 +504,7 @@ def summarize_plan(p: Plan, outcomes: Optional[Mapping[Path, Outcome]] = None) -
         (reasons), ``runs`` (folders), ``wall_time_s`` (mean per seed, stage 1 + stage 2) and
         ``notes`` (e.g. tau chosen on the test split).
     """
-    outcomes = outcomes or {}
+    by_dir = {j.run_dir: j for j in p.jobs}
     out = []
     for rho in p.rhos:
         for ri, row in enumerate(p.table.rows):
@@ -650,8 +514,8 @@ def summarize_plan(p: Plan, outcomes: Optional[Mapping[Path, Outcome]] = None) -
             for r, r1 in zip(runs, s1):
                 m = _read_metrics(r)
                 if m is None:
-                    o = outcomes.get(r)
-                    failures.append(o.reason if o is not None and o.reason else "not run")
+                    job = by_dir.get(r)
+                    failures.append(job.reason if job is not None and job.reason else "not run")
                     continue
                 metrics.append(m)
                 wall = m.get("wall_time_s") or 0.0
@@ -845,9 +709,9 @@ def main(args) -> int:
     n_jobs = resolve_jobs(args.jobs, len(todo))
     print(f"Table {table.id}: {len(p.jobs)} runs, {len(p.jobs) - len(todo)} finished already; "
           f"running {len(todo)} with --jobs {n_jobs}{' (auto)' if args.jobs == 'auto' else ''}")
-    outcomes = run_jobs(p.jobs, n_jobs, out / "logs")
+    failed = run_jobs(p.jobs, n_jobs)
     wall = time.perf_counter() - t0
-    summary = summarize_plan(p, outcomes)
+    summary = summarize_plan(p)
     out.mkdir(parents=True, exist_ok=True)
     cmd = "longtail reproduce " + shlex.join([table.id, *p.user_overrides]) + \
         f" --seeds {' '.join(map(str, p.seeds))} --rho {' '.join(map(str, p.rhos))} --out {out}"
@@ -857,5 +721,4 @@ def main(args) -> int:
     print(text)
     print(f"table written: {path}")
     make_figures(p, out)
-    failed = [r for r, o in outcomes.items() if not o.ok]
     return 1 if failed else 0

@@ -32,47 +32,58 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-from .config import load_config, load_saved_config, parse_override
+from .config import load_config, parse_override
 from .engine.runlog import default_run_name
 from .errors import ConfigError, LongTailError
-from .jobs import child_env, resolve_jobs
+from .jobs import Job, job_state, resolve_jobs, run_jobs
 
-__all__ = ["Run", "plan", "run_all", "main"]
+__all__ = ["SweepRun", "plan", "run_all", "main"]
 
 TAIL_LINES = 8
 
 
 @dataclass
-class Run:
-    """One planned run of a sweep."""
+class SweepRun:
+    """One (recipe, seed) of a sweep: its stage-1 job and, with ``--retrain``, its stage-2 job."""
 
     recipe: Optional[str]
     seed: int
     name: str
-    run_dir: Path
-    log: Path
-    argv: List[str]
-    state: str = "new"  # new | resume | done | conflict
-    retrain_argv: Optional[List[str]] = None
-    retrain_log: Optional[Path] = None
-    stage2_dir: Optional[Path] = None
-    stage2_state: str = "none"  # none | new | redo | done
-    note: str = ""
-    # outcome
-    rc: Optional[int] = None
-    seconds: float = 0.0
-    failed_stage: Optional[str] = None
+    stage1: Job
+    stage2: Optional[Job] = None
     metrics: dict = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.stage1.run_dir
+
+    @property
+    def log(self) -> Path:
+        return self.stage1.log
+
+    @property
+    def state(self) -> str:
+        """The stage-1 job's state (see :func:`longtail.jobs.job_state`)."""
+        return self.stage1.state
+
+    @property
+    def jobs(self) -> List[Job]:
+        return [self.stage1] + ([self.stage2] if self.stage2 is not None else [])
+
+    @property
+    def failed_job(self) -> Optional[Job]:
+        """The first job of this run that did not finish (None when all did)."""
+        return next((j for j in self.jobs if j.rc is not None and not j.ok), None)
+
+    @property
+    def seconds(self) -> float:
+        return sum(j.seconds for j in self.jobs)
 
 
 def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -82,14 +93,8 @@ def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return recipes, overrides
 
 
-def _comparable(cfg: dict) -> dict:
-    out = json.loads(json.dumps(cfg, default=str))
-    out.pop("quiet", None)  # --quiet is the sweep's, not the run's
-    return out
-
-
 def plan(recipes: Sequence[Optional[str]], seeds: Sequence[int], overrides: Sequence[str],
-         retrain: bool = False, python: str = sys.executable) -> List[Run]:
+         retrain: bool = False) -> List[SweepRun]:
     """Resolve every (recipe, seed) configuration and decide what to do with each run.
 
     Raises:
@@ -103,7 +108,7 @@ def plan(recipes: Sequence[Optional[str]], seeds: Sequence[int], overrides: Sequ
             raise LongTailError(f"override '{text}': the sweep sets {key} itself (use --seeds)")
         if key == "name":
             user_name = None if value is None else str(value)
-    runs: List[Run] = []
+    runs: List[SweepRun] = []
     seen: dict[Path, str] = {}
     for recipe in recipes or [None]:
         for seed in seeds:
@@ -111,40 +116,22 @@ def plan(recipes: Sequence[Optional[str]], seeds: Sequence[int], overrides: Sequ
             name = f"{user_name}-seed{int(seed)}" if user_name else default_run_name(cfg)
             if user_name and len(recipes) > 1:
                 name = f"{user_name}-{(recipe or 'defaults').replace('/', '-')}-seed{int(seed)}"
-            cfg["name"] = name
             out_dir = Path(cfg["output_dir"])
             run_dir = out_dir / name
             if run_dir in seen:
                 raise LongTailError(f"runs '{seen[run_dir]}' and '{recipe} seed {seed}' would share the run folder "
                                     f"{run_dir}; give distinct recipes or seeds")
             seen[run_dir] = f"{recipe} seed {seed}"
-            train_argv = [python, "-m", "longtail", "train"] + ([recipe] if recipe else []) + list(overrides) + [
-                f"seed={int(seed)}", f"name={name}", "--quiet"]
-            run = Run(recipe, int(seed), name, run_dir, out_dir / f"{name}.log", train_argv)
-            if (run_dir / "metrics.json").is_file():
-                run.state, run.note = "done", "finished before: skipped"
-            elif (run_dir / "config.yaml").is_file():
-                saved = load_saved_config(run_dir / "config.yaml")
-                if _comparable(saved) != _comparable(cfg):
-                    run.state = "conflict"
-                    run.note = (f"{run_dir} holds an unfinished run with another config; remove it or change "
-                                f"name=/output_dir=")
-                else:
-                    run.state, run.note = "resume", "unfinished before: resumed"
-                    run.argv = [python, "-m", "longtail", "train", "--resume", str(run_dir), "--quiet"]
+            state, note = job_state(run_dir, 1, dict(cfg, name=name))
+            argv = (["train", "--resume", str(run_dir), "--quiet"] if state == "resume" else
+                    ["train"] + ([recipe] if recipe else []) + list(overrides) + [f"seed={int(seed)}", f"name={name}",
+                                                                                 "--quiet"])
+            run = SweepRun(recipe, int(seed), name, Job(run_dir, 1, argv, out_dir / f"{name}.log", state=state, note=note))
             if retrain:
-                run.stage2_dir = out_dir / f"{name}-stage2"
-                run.retrain_argv = [python, "-m", "longtail", "retrain", str(run_dir), f"name={name}-stage2", "--quiet"]
-                run.retrain_log = out_dir / f"{name}-stage2.log"
-                if (run.stage2_dir / "metrics.json").is_file():
-                    run.stage2_state = "done"
-                elif run.stage2_dir.exists() and any(run.stage2_dir.iterdir()):
-                    if not (run.stage2_dir / "config.yaml").is_file():
-                        run.state = "conflict"
-                        run.note = f"{run.stage2_dir} exists and is not a longtail run folder; remove it"
-                    run.stage2_state = "redo"
-                else:
-                    run.stage2_state = "new"
+                dir2 = out_dir / f"{name}-stage2"
+                state2, note2 = job_state(dir2, 2)
+                run.stage2 = Job(dir2, 2, ["retrain", str(run_dir), f"name={name}-stage2", "--quiet"],
+                                 out_dir / f"{name}-stage2.log", depends=run_dir, state=state2, note=note2)
             runs.append(run)
     return runs
 
@@ -164,110 +151,41 @@ def _read_metrics(run_dir: Path) -> dict:
         return {}
 
 
-class _Slot:
-    """One running process of a run (stage 1, then optionally stage 2)."""
+def run_all(runs: Sequence[SweepRun], jobs: int = 1, echo=print, poll_s: float = 0.2) -> int:
+    """Run the planned runs' jobs, ``jobs`` processes at once (:func:`longtail.jobs.run_jobs`).
 
-    def __init__(self, run: Run, stage: str, argv: List[str], log: Path, env: dict) -> None:
-        self.run, self.stage, self.log = run, stage, log
-        if stage == "stage2" and run.stage2_state == "redo":
-            shutil.rmtree(run.stage2_dir)  # an interrupted stage 2 (it has no resume): start it afresh
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.fh: IO = open(log, "a" if stage == "stage1" and run.state == "resume" else "w")
-        self.fh.write(f"$ {shlex.join(argv)}\n")
-        self.fh.flush()
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(argv, stdout=self.fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-
-    def poll(self) -> Optional[int]:
-        rc = self.proc.poll()
-        if rc is not None:
-            self.fh.close()
-        return rc
-
-
-def run_all(runs: Sequence[Run], jobs: int = 1, echo=print, poll_s: float = 0.2) -> int:
-    """Run the planned runs, ``jobs`` processes at once; returns the number of failed runs."""
-    jobs = max(1, int(jobs))
-    env = child_env(jobs)
-    todo = [r for r in runs if r.state in ("new", "resume")]
+    Returns:
+        The number of runs with a job that did not finish.
+    """
+    run_jobs([j for r in runs for j in r.jobs], jobs, echo=echo, poll_s=poll_s)
+    failed = 0
     for r in runs:
-        if r.state == "done":
-            r.rc, r.metrics = 0, _read_metrics(r.run_dir)
-            if r.stage2_state == "done":
-                r.metrics = _read_metrics(r.stage2_dir)
-            elif r.retrain_argv is not None:
-                r.rc = None
-                todo.append(r)  # stage 1 finished before: only stage 2 left
-        elif r.state == "conflict":
-            r.rc, r.failed_stage = -1, "plan"
-    queue = list(todo)
-    active: List[_Slot] = []
-    total = len(queue)
-    started = 0
-    try:
-        while queue or active:
-            while queue and len(active) < jobs:
-                run = queue.pop(0)
-                started += 1
-                if run.state == "done":  # only stage 2 left
-                    slot = _Slot(run, "stage2", run.retrain_argv, run.retrain_log, env)
-                else:
-                    slot = _Slot(run, "stage1", run.argv, run.log, env)
-                echo(f"[{started}/{total}] start {run.name} ({slot.stage}{', resume' if run.state == 'resume' else ''})"
-                     f" -> {slot.log}")
-                active.append(slot)
-            time.sleep(poll_s)
-            for slot in list(active):
-                rc = slot.poll()
-                if rc is None:
-                    continue
-                active.remove(slot)
-                run = slot.run
-                run.seconds += time.perf_counter() - slot.t0
-                if rc != 0:
-                    run.rc, run.failed_stage = rc, slot.stage
-                    echo(f"FAILED {run.name} ({slot.stage}, exit {rc}) after {run.seconds:.1f} s; log: {slot.log}\n"
-                         f"{_tail(slot.log)}")
-                    continue
-                if slot.stage == "stage1":
-                    run.metrics = _read_metrics(run.run_dir)
-                    if run.retrain_argv is not None and run.stage2_state != "done":
-                        slot2 = _Slot(run, "stage2", run.retrain_argv, run.retrain_log, env)
-                        echo(f"      start {run.name} (stage2) -> {slot2.log}")
-                        active.append(slot2)
-                        continue
-                    if run.stage2_state == "done":
-                        run.metrics = _read_metrics(run.stage2_dir)
-                else:
-                    run.metrics = _read_metrics(run.stage2_dir)
-                run.rc = 0
-                top1 = run.metrics.get("top1")
-                echo(f"done   {run.name} in {run.seconds:.1f} s" + (f", top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""))
-    except KeyboardInterrupt:
-        for slot in active:  # only the processes this sweep started
-            if slot.proc.poll() is None:
-                slot.proc.terminate()
-        for slot in active:
-            try:
-                slot.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                slot.proc.kill()
-            slot.fh.close()
-        raise
-    return sum(1 for r in runs if r.rc not in (0, None) or r.failed_stage)
+        bad = r.failed_job
+        if bad is not None:
+            failed += 1
+            if bad.state != "conflict" and bad.rc not in (None, -1):
+                echo(f"FAILED {r.name} (stage{bad.stage}, exit {bad.rc}); log: {bad.log}\n{_tail(bad.log)}")
+            continue
+        last = r.stage2 if r.stage2 is not None else r.stage1
+        r.metrics = _read_metrics(last.run_dir)
+        top1 = r.metrics.get("top1")
+        echo(f"done   {r.name}" + (f" in {r.seconds:.1f} s" if r.seconds else " (finished before)")
+             + (f", top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""))
+    return failed
 
 
-def summary(runs: Sequence[Run]) -> str:
+def summary(runs: Sequence[SweepRun]) -> str:
     rows = ["| run | status | seconds | top-1 | log |", "|---|---|---|---|---|"]
     for r in runs:
-        if r.failed_stage:
-            status = f"FAILED ({r.failed_stage}, exit {r.rc})" if r.failed_stage != "plan" else "FAILED (conflict)"
-        elif r.rc == 0:
+        bad = r.failed_job
+        if bad is not None:
+            status = "FAILED (conflict)" if bad.state == "conflict" else f"FAILED (stage{bad.stage}, exit {bad.rc})"
+        elif all(j.rc == 0 for j in r.jobs):
             status = "ok" if r.seconds > 0 else "skipped (done)"
         else:
             status = "not run"
         top1 = r.metrics.get("top1")
-        log = r.retrain_log if (r.failed_stage == "stage2" and r.retrain_log) else r.log
+        log = (bad or r.stage1).log
         rows.append(f"| {r.name} | {status} | {r.seconds:.1f} | {'-' if top1 is None else f'{top1:.2f}'} | {log} |")
     return "\n".join(rows)
 
@@ -304,12 +222,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"longtail.sweep: error: {err}", file=sys.stderr)
         return 2
     for r in runs:
-        cmd = shlex.join(r.argv) + (f" && {shlex.join(r.retrain_argv)}" if r.retrain_argv else "")
-        print(f"{r.name}: {r.state}{' (' + r.note + ')' if r.note else ''}\n    {cmd}")
+        cmd = " && ".join(j.command() for j in r.jobs)
+        notes = "; ".join(j.note for j in r.jobs if j.note)
+        print(f"{r.name}: {r.state}{' (' + notes + ')' if notes else ''}\n    {cmd}")
     if args.dry_run:
         return 0
     t0 = time.perf_counter()
-    jobs = resolve_jobs(args.jobs, sum(r.state != "done" or r.stage2_state not in (None, "done") for r in runs))
+    jobs = resolve_jobs(args.jobs, sum(any(j.state != "done" for j in r.jobs) for r in runs))
     print(f"running with --jobs {jobs}" + (" (auto)" if args.jobs == "auto" else ""))
     try:
         failed = run_all(runs, jobs)
@@ -320,10 +239,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(summary(runs))
     print(f"{len(runs)} runs, {failed} failed, {time.perf_counter() - t0:.1f} s")
     for r in runs:
-        if r.failed_stage:
-            log = r.retrain_log if r.failed_stage == "stage2" else r.log
-            print(f"failed: {r.name} ({r.failed_stage}{'' if r.failed_stage == 'plan' else f', exit {r.rc}'}): "
-                  f"{r.note if r.failed_stage == 'plan' else log}", file=sys.stderr)
+        bad = r.failed_job
+        if bad is not None:
+            what = bad.note if bad.state == "conflict" else (bad.reason if bad.rc == -1 else bad.log)
+            exit_txt = "" if bad.rc == -1 else f", exit {bad.rc}"
+            print(f"failed: {r.name} (stage{bad.stage}{exit_txt}): {what}", file=sys.stderr)
     return 1 if failed else 0
 
 

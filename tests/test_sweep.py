@@ -54,7 +54,8 @@ def test_sweep_reports_failure_with_name_and_log(tmp_path, capsys):
     cap = capsys.readouterr()
     bad_log = out / "bad-synthetic-seed0.log"
     assert bad_log.is_file() and "no_such_parameter" in bad_log.read_text()
-    assert "FAILED bad-synthetic-seed0" in cap.out and str(bad_log) in cap.out
+    assert "FAILED bad-synthetic-seed0 (stage1, exit 2)" in cap.out and str(bad_log) in cap.out
+    assert "no_such_parameter" in cap.out  # the one-line reason, from the log
     assert f"failed: bad-synthetic-seed0 (stage1, exit 2): {bad_log}" in cap.err
     assert (out / "good-synthetic-seed0" / "metrics.json").is_file()
     assert "2 runs, 1 failed" in cap.out
@@ -94,8 +95,10 @@ def test_sweep_plan_names_resume_and_conflict(tmp_path):
                      "ce-synthetic-seed0", "ce-synthetic-seed2"]
     r = runs[0]
     assert r.log == out / f"{r.name}.log" and r.run_dir == out / r.name
-    assert r.argv[1:4] == ["-m", "longtail", "train"] and "seed=0" in r.argv and f"name={r.name}" in r.argv
-    assert r.retrain_argv[3:5] == ["retrain", str(r.run_dir)] and r.stage2_dir == out / f"{r.name}-stage2"
+    assert r.stage1.argv[:2] == ["train", "cifar10_lt/gcl"] and "seed=0" in r.stage1.argv
+    assert f"name={r.name}" in r.stage1.argv
+    assert r.stage2.argv[:2] == ["retrain", str(r.run_dir)] and r.stage2.run_dir == out / f"{r.name}-stage2"
+    assert r.stage2.depends == r.run_dir and r.stage2.log == out / f"{r.name}-stage2.log"
     # user name: one per seed
     runs = sweep.plan([None], [0, 1], over + ["name=exp"])
     assert [r.name for r in runs] == ["exp-seed0", "exp-seed1"]
@@ -106,10 +109,12 @@ def test_sweep_plan_names_resume_and_conflict(tmp_path):
     (out / "exp-seed0").mkdir(parents=True)
     save_config(cfg, out / "exp-seed0" / "config.yaml")
     runs = sweep.plan([None], [0], over + ["name=exp"])
-    assert runs[0].state == "resume" and "--resume" in runs[0].argv
+    assert runs[0].state == "resume" and "--resume" in runs[0].stage1.argv
     runs = sweep.plan([None], [0], over + ["name=exp", "optim.lr=0.2"])
     assert runs[0].state == "conflict"
     assert sweep.run_all(runs, echo=lambda *a: None) == 1
+    assert (out / "exp-seed0" / "config.yaml").is_file()  # another experiment's folder is left alone
+    assert "FAILED (conflict)" in sweep.summary(runs)
 
 
 def test_sweep_module_entry_point_dry_run(tmp_path):
