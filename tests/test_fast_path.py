@@ -58,11 +58,15 @@ def pil_batch(dataset, indices, offsets, flips) -> torch.Tensor:
     RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])``; the crop offset is fixed by
     overriding ``get_params`` of that RandomCrop instance and the flip by its probability ``p``.
     """
+    from longtail.data.transforms import MinSize
+
     tf = dataset.transform
-    crop, flip = tf.transforms[0], tf.transforms[1]
+    # MinSize only checks the size (an error for images smaller than the padded crop needs)
+    steps = [t for t in tf.transforms if not isinstance(t, MinSize)]
+    crop, flip = steps[0], steps[1]
     assert isinstance(crop, T.RandomCrop) and crop.padding == 4 and crop.fill == 0
     assert isinstance(flip, T.RandomHorizontalFlip)
-    assert isinstance(tf.transforms[2], T.ToTensor) and isinstance(tf.transforms[3], T.Normalize)
+    assert isinstance(steps[2], T.ToTensor) and isinstance(steps[3], T.Normalize) and len(steps) == 4
     out = []
     try:
         for i, (top, left), f in zip(indices, offsets, flips):
