@@ -23,8 +23,9 @@ def ref_lambda(counts, stimulus="normalized"):
     return lam
 
 
-def ref_alpha(curriculum, t, T, variant):
-    """Table 4.4 with t = epoch index from 0, T = total epochs; code: parabolic (t/(T-10))^2."""
+def ref_alpha(curriculum, t, T, variant, S=200):
+    """Table 4.4 with t = epoch index from 0, T = total epochs; code: parabolic (t/(T-10))^2 in
+    the code's run of S epochs, its offset kept at the same fraction (10 T/S epochs) when T != S."""
     table = {
         "linear_decrease": 1 - t / T,
         "linear_increase": t / T,
@@ -33,7 +34,7 @@ def ref_alpha(curriculum, t, T, variant):
         "parabolic": (t / T) ** 2,
     }
     if variant == "code" and curriculum == "parabolic":
-        return (t / (T - 10)) ** 2
+        return (t / (T - 10 * T / S)) ** 2
     return table[curriculum]
 
 
@@ -80,8 +81,38 @@ def test_code_parabolic_is_uncapped_and_thesis_is_not():
     assert fbl_alpha("parabolic", 199, 200, "code") > 1.0
     assert fbl_alpha("parabolic", 190, 200, "code") == pytest.approx(1.0)
     assert fbl_alpha("parabolic", 199, 200, "thesis") == pytest.approx((199 / 200) ** 2)
-    # short runs (T <= 10): the code's offset is dropped
-    assert fbl_alpha("parabolic", 3, 5, "code") == pytest.approx((3 / 5) ** 2)
+
+
+def test_code_parabolic_at_full_length_is_the_code_form_exactly():
+    """At T = S the scaled offset is exactly 10: the values are bit-identical to (t/(T-10))^2."""
+    for t in range(200):
+        assert fbl_alpha("parabolic", t, 200, "code") == (t / (200 - 10)) ** 2
+    for S in (180, 90):  # ImageNet-LT / iNaturalist and Places-LT recipes
+        for t in range(S):
+            assert fbl_alpha("parabolic", t, S, "code", schedule_epochs=S) == (t / (S - 10)) ** 2
+
+
+def test_code_parabolic_offset_scales_with_the_run():
+    # T = 20: the last epoch is at the fraction 19/20 = 190/200 of the run, as in the 200-epoch run
+    assert fbl_alpha("parabolic", 19, 20, "code") == fbl_alpha("parabolic", 190, 200, "code") == 1.0
+    for T in (200, 100, 40, 20, 10):
+        for t in range(T):  # the same fraction of the run gives the same alpha
+            want = fbl_alpha("parabolic", t * (200 // T), 200, "code")
+            assert fbl_alpha("parabolic", t, T, "code") == pytest.approx(want, rel=1e-12)
+    # no blow-up in short runs (a fixed 10-epoch offset gave 3.6 at T = 20 and 100 at T = 11)
+    bound = (200 / 190) ** 2
+    for T in range(1, 401):
+        top = max(fbl_alpha("parabolic", t, T, "code") for t in range(T))
+        assert top <= bound * (1 + 1e-12), T
+    assert fbl_alpha("parabolic", 10, 11, "code") == pytest.approx((10 / (11 * 0.95)) ** 2)
+    assert fbl_alpha("parabolic", 29, 30, "code") == pytest.approx((29 / 28.5) ** 2)
+    loss = FeatureBalancedLoss(CIFAR10_100)
+    loss.set_progress(10, 11)
+    assert loss.alpha.item() == pytest.approx((10 / 10.45) ** 2)
+    # a recipe of S epochs: the offset is 10 epochs at T = S and 10 T/S otherwise
+    assert fbl_alpha("parabolic", 89, 90, "code", schedule_epochs=180) == pytest.approx((89 / 85) ** 2)
+    with pytest.raises(ConfigError):
+        FeatureBalancedLoss(CIFAR10_100, schedule_epochs=10)
 
 
 def test_initial_alpha_before_set_progress():
@@ -199,12 +230,48 @@ def test_extreme_inputs_are_finite():
             value.backward()
             assert torch.isfinite(value), (f0[0, 0], z0[0, 0])
             assert torch.isfinite(z.grad).all() and torch.isfinite(f.grad).all()
-    # zero-norm features: the penalty is large but finite; one-class batch
+    # zero-norm (dead) features: no stimulus, plain CE; one-class batch
     z = torch.randn(5, n, requires_grad=True)
     f = torch.zeros(5, 8, requires_grad=True)
     value = loss(z, torch.full((5,), 9), f)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(z.grad).all() and torch.isfinite(f.grad).all()
+
+
+def old_balanced_logits(loss, z, f):
+    """eq. (4.6) as computed before dead samples were special-cased (float32 path)."""
+    norm = torch.linalg.vector_norm(f.flatten(1), dim=1, keepdim=True)
+    return z - loss.alpha.float() * loss.strength.float() / (norm + loss.eps)
+
+
+def test_dead_sample_gets_no_stimulus_and_the_rest_is_unchanged():
+    loss = FeatureBalancedLoss(CIFAR10_100)
+    loss.set_progress(199, 200)
+    z, f, target = batch(CIFAR10_100, n=16, d=12, seed=11)
+    # normal inputs: bit-identical to eq. (4.6) as computed before
+    assert torch.equal(loss.balanced_logits(z, f), old_balanced_logits(loss, z, f))
+    # one dead sample (all features 0) whose target is the rarest class: before, its loss was ~1e13
+    f[3] = 0.0
+    target[3] = 9
+    assert old_balanced_logits(loss, z, f)[3, 0] - old_balanced_logits(loss, z, f)[3, 9] > 1e13
+    zb = loss.balanced_logits(z, f)
+    assert torch.equal(zb[3], z[3])  # plain logits for the dead sample
+    live = torch.arange(16) != 3
+    assert torch.equal(zb[live], old_balanced_logits(loss, z, f)[live])
+    zz = z.clone().requires_grad_(True)
+    ff = f.clone().requires_grad_(True)
+    value = loss(zz, target, ff)
+    value.backward()
+    alpha = ref_alpha("parabolic", 199, 200, "code")
+    per_live = [ref_fbl_loss(z[i:i + 1].double().numpy(), f[i:i + 1].double().numpy(), target[i:i + 1].numpy(),
+                             CIFAR10_100, alpha) for i in range(16) if i != 3]
+    dead = F.cross_entropy(z[3:4].double(), target[3:4]).item()
+    assert value.item() == pytest.approx((sum(per_live) + dead) / 16, rel=1e-5)
+    assert value.item() < 20  # of the order of a normal batch, not swamped
+    assert torch.isfinite(zz.grad).all() and torch.isfinite(ff.grad).all()
+    assert torch.equal(ff.grad[3], torch.zeros(12))  # no stimulus, no feature gradient
+    want_dead = (torch.softmax(z[3].double(), 0) - F.one_hot(target[3], 10)) / 16
+    torch.testing.assert_close(zz.grad[3].double(), want_dead, rtol=1e-5, atol=1e-7)
 
 
 def test_bf16_input_gives_float32():

@@ -25,9 +25,18 @@ name                thesis (``variant="thesis"``) reference code (``variant="cod
 ``linear_increase`` ``t/T``                      same
 ``sine``            ``sin(t/T * pi/2)``          same
 ``cosine``          ``1 - cos(t/T * pi/2)``      same
-``parabolic``       ``(t/T)^2``                  ``(t/(T-10))^2``, uncapped (> 1 in the last
-                                                 10 epochs); ``T`` if ``T <= 10``
+``parabolic``       ``(t/T)^2``                  ``(t/(T - 10 T/S))^2``, uncapped (> 1 in the
+                                                 last 5% of the run)
 =================== ============================ =========================================
+
+The reference code's parabolic form is ``(t/(T-10))^2`` for its run of ``S = 200`` epochs
+(``schedule_epochs``). Its 10-epoch offset is kept at the same fraction of the run when
+``T != S`` (``10 T/S`` epochs), as the DRW/GA switches are moved in shortened runs: at
+``T = S`` it is exactly the code's form, and alpha never exceeds ``(S/(S-10))^2`` (1.108 for
+``S = 200``) whatever ``T``; a fixed offset would reach 3.6 at ``T = 20`` and 100 at ``T = 11``.
+
+A dead sample (a feature vector of zeros) gets no stimulus; see
+:meth:`FeatureBalancedLoss.balanced_logits`.
 """
 from __future__ import annotations
 
@@ -50,20 +59,26 @@ CURRICULA = ("linear_decrease", "linear_increase", "sine", "cosine", "parabolic"
 _VARIANTS = ("code", "thesis")
 _STIMULI = ("normalized", "raw")
 
-#: Epochs the reference code subtracts from T in the parabolic curriculum.
+#: Epochs the reference code subtracts from T in the parabolic curriculum ...
 CODE_PARABOLIC_OFFSET = 10
+#: ... in its run of this many epochs (CIFAR-LT, 200 epochs).
+CODE_SCHEDULE_EPOCHS = 200
 
 
-def fbl_alpha(curriculum: str, epoch: int, total_epochs: int, variant: str = "code") -> float:
+def fbl_alpha(curriculum: str, epoch: int, total_epochs: int, variant: str = "code",
+              schedule_epochs: int = CODE_SCHEDULE_EPOCHS) -> float:
     """Curriculum weight ``alpha(t)`` of eq. (4.7) / Table 4.4.
 
     Args:
         curriculum: One of :data:`CURRICULA`.
         epoch: ``t``, the current epoch counted from 0.
         total_epochs: ``T``, the number of training epochs (>= 1).
-        variant: ``"code"`` (reference code: ``(t / (T - 10))^2`` for the parabolic curriculum,
-            uncapped; ``T`` itself when ``T <= 10``) or ``"thesis"`` (``(t/T)^2``). The other
-            curricula are the same in both.
+        variant: ``"code"`` (reference code: ``(t / (T - 10 T/S))^2`` for the parabolic
+            curriculum, uncapped) or ``"thesis"`` (``(t/T)^2``). The other curricula are the
+            same in both.
+        schedule_epochs: ``S``, the run length the code's 10-epoch offset belongs to (200);
+            the offset is ``10 T/S`` epochs, so ``T = S`` gives the code's ``(t/(T-10))^2``
+            exactly. Must be > 10.
 
     Returns:
         ``alpha(t)`` as a Python float.
@@ -75,6 +90,9 @@ def fbl_alpha(curriculum: str, epoch: int, total_epochs: int, variant: str = "co
     total = int(total_epochs)
     if total < 1:
         raise ConfigError(f"fbl: total_epochs must be >= 1, got {total_epochs}")
+    if isinstance(schedule_epochs, bool) or not isinstance(schedule_epochs, int) \
+            or schedule_epochs <= CODE_PARABOLIC_OFFSET:
+        raise ConfigError(f"fbl: schedule_epochs must be an integer > {CODE_PARABOLIC_OFFSET}, got {schedule_epochs!r}")
     t = float(epoch)
     p = t / total
     if curriculum == "linear_decrease":
@@ -86,8 +104,10 @@ def fbl_alpha(curriculum: str, epoch: int, total_epochs: int, variant: str = "co
     if curriculum == "cosine":
         return 1.0 - math.cos(p * math.pi / 2.0)
     # parabolic
-    if variant == "code" and total > CODE_PARABOLIC_OFFSET:
-        return (t / (total - CODE_PARABOLIC_OFFSET)) ** 2
+    if variant == "code":
+        # 10 * T / S is exact (10.0) at T = S: bit-identical to the code's (t / (T - 10))^2 there.
+        offset = CODE_PARABOLIC_OFFSET * total / schedule_epochs
+        return (t / (total - offset)) ** 2
     return p**2
 
 
@@ -112,7 +132,7 @@ class FeatureBalancedLoss(LongTailLoss):
     ``loss(z, y, f) = CE(z_j - alpha(t) * A * lambda_j / (||f|| + eps), y)``.
 
     Defaults are the reference code for CIFAR: normalized stimulus with ``A = 60``, parabolic
-    curriculum ``(t / (T - 10))^2``. The thesis text is ``stimulus="raw", A=1,
+    curriculum ``(t / (T - 10))^2`` at ``T = 200`` (offset scaled with ``T``, see :func:`fbl_alpha`). The thesis text is ``stimulus="raw", A=1,
     curriculum_variant="thesis"`` (eq. 4.4 and ``alpha(t) = (t/T)^2``; eq. 4.7 only states
     ``alpha(t) ∝ (t/T)^2``, ``A`` is that constant of proportionality).
 
@@ -128,7 +148,10 @@ class FeatureBalancedLoss(LongTailLoss):
         curriculum: One of ``linear_decrease``, ``linear_increase``, ``sine``, ``cosine``,
             ``parabolic`` (default; Table 4.4).
         curriculum_variant: ``"code"`` (default) or ``"thesis"``; see :func:`fbl_alpha`.
-        eps: Added to ``||f||`` (as in the code) so that zero-norm features stay finite.
+        schedule_epochs: Full run length ``S`` of the recipe, whose code-form parabolic offset is
+            10 epochs (200 on CIFAR; 180 on ImageNet-LT and iNaturalist, 90 on Places-LT); a
+            run of ``T`` epochs uses ``10 T/S``. See :func:`fbl_alpha`.
+        eps: Added to ``||f||`` (as in the code).
     """
 
     needs_features = True
@@ -140,6 +163,7 @@ class FeatureBalancedLoss(LongTailLoss):
         stimulus: str = "normalized",
         curriculum: str = "parabolic",
         curriculum_variant: str = "code",
+        schedule_epochs: int = CODE_SCHEDULE_EPOCHS,
         eps: float = 1e-12,
     ) -> None:
         super().__init__(class_counts)
@@ -150,11 +174,12 @@ class FeatureBalancedLoss(LongTailLoss):
             raise ConfigError(f"fbl: A must be >= 0, got {A}")
         if not eps > 0:
             raise ConfigError(f"fbl: eps must be > 0, got {eps}")
-        fbl_alpha(curriculum, 0, 1, curriculum_variant)  # validates the names
+        fbl_alpha(curriculum, 0, 1, curriculum_variant, schedule_epochs)  # validates the names
         self.A = float(A)
         self.stimulus = stimulus
         self.curriculum = curriculum
         self.curriculum_variant = curriculum_variant
+        self.schedule_epochs = schedule_epochs
         self.eps = float(eps)
         self.register_buffer("lam", lam.float(), persistent=False)  # lambda_j (eq. 4.4), before A
         self.register_buffer("strength", (self.A * lam).float(), persistent=False)  # A * lambda_j
@@ -164,13 +189,18 @@ class FeatureBalancedLoss(LongTailLoss):
     # -- schedule ---------------------------------------------------------------------------
     def set_progress(self, epoch: int, total_epochs: int) -> None:
         """Set ``alpha(t)`` (eq. 4.7) for epoch ``t = epoch`` of ``T = total_epochs``, in place."""
-        value = fbl_alpha(self.curriculum, epoch, total_epochs, self.curriculum_variant)
+        value = fbl_alpha(self.curriculum, epoch, total_epochs, self.curriculum_variant, self.schedule_epochs)
         with torch.no_grad():
             self.alpha.fill_(value)
 
     # -- loss -------------------------------------------------------------------------------
     def balanced_logits(self, logits: Tensor, features: Tensor) -> Tensor:
         """Feature-balanced logits ``z^b`` of eq. (4.6).
+
+        A dead sample, whose feature vector is all zeros (``||f|| = 0``), gets no stimulus
+        (``z^b = z``): ``1/(||f|| + eps)`` would be ``1e12`` and its loss ~``1e13``, swamping the
+        batch, while the stimulus cannot act on it (a zero vector has no direction to grow and
+        the gradient of ``||f||`` at 0 is 0). Every other sample is computed as eq. (4.6).
 
         Args:
             logits: Linear-head logits ``z``, shape ``(N, C)``.
@@ -189,7 +219,9 @@ class FeatureBalancedLoss(LongTailLoss):
         z = logits.to(dt)
         f = features.to(dt).flatten(1)
         norm = torch.linalg.vector_norm(f, dim=1, keepdim=True)
-        return z - self.alpha.to(dt) * self.strength.to(dt) / (norm + self.eps)  # eq. (4.6)
+        stimulus = self.alpha.to(dt) * self.strength.to(dt) / (norm + self.eps)  # eq. (4.6)
+        stimulus = torch.where(norm > 0, stimulus, torch.zeros((), dtype=dt, device=norm.device))  # dead sample
+        return z - stimulus
 
     def forward(self, logits: Tensor, target: Tensor, features: Optional[Tensor] = None) -> Tensor:
         """FBL, eq. (4.8): mean cross-entropy over the feature-balanced logits."""
@@ -208,5 +240,6 @@ class FeatureBalancedLoss(LongTailLoss):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, A={self.A}, stimulus={self.stimulus!r}, "
-            f"curriculum={self.curriculum!r}, curriculum_variant={self.curriculum_variant!r}, eps={self.eps}"
+            f"curriculum={self.curriculum!r}, curriculum_variant={self.curriculum_variant!r}, "
+            f"schedule_epochs={self.schedule_epochs}, eps={self.eps}"
         )
