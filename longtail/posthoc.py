@@ -15,7 +15,6 @@ sweep reads no image.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 

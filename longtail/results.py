@@ -21,11 +21,12 @@ from __future__ import annotations
 import filecmp
 import shutil
 import statistics
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .config import load_config
-from .errors import DataError
+from .errors import DataError, LongTailError
 from .report import load_runs
 from .reproduce import BENIGN_PREFIXES, TABLES, Row, Table
 
@@ -382,6 +383,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     g.add_argument("--results", default="results")
     g.add_argument("--out", default="docs/results.md")
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except LongTailError as err:
+        print(f"longtail: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.what == "collect":
         done = collect(Path(args.runs), Path(args.into))
         print(f"{len(done)} run(s) in {args.into}")

@@ -31,7 +31,7 @@ from longtail.config import load_config, load_saved_config, parse_override
 from longtail.data.listfile import ListFileDataset
 from longtail.engine import checkpoint as ckpt_mod
 from longtail.engine import trainer as trainer_mod
-from longtail.engine.checkpoint import load_checkpoint, save_atomic
+from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.evaluation import evaluate_run
 from longtail.engine.runlog import LOCK_NAME, lock_run_dir, new_run_dir, read_log, release_run_dir
 from longtail.engine.trainer import train
@@ -67,7 +67,7 @@ def write_list_set(root: Path, size: int = 32, test_sizes=None, counts=LIST_COUN
             test.append(f"{rel} {label}")
     (root / "train.txt").write_text("\n".join(train) + "\n")
     (root / "test.txt").write_text("\n".join(test) + "\n")
-    return [f"data.name=imagenet_lt", f"data.root={root}", f"data.train_list={root / 'train.txt'}",
+    return ["data.name=imagenet_lt", f"data.root={root}", f"data.train_list={root / 'train.txt'}",
             f"data.test_list={root / 'test.txt'}", "data.params.remap_labels=true", "data.augment=cifar"]
 
 
@@ -449,7 +449,7 @@ def test_nonfinite_bn_buffer_is_never_saved(tmp_path, monkeypatch):
     run = tmp_path / "bn"
     msg = str(err.value)
     assert "epoch 1" in msg and "running_var" in msg and "not saved" in msg
-    assert f"checkpoint of epoch 0" in msg and str(run / "last.pt") in msg
+    assert "checkpoint of epoch 0" in msg and str(run / "last.pt") in msg
     ck = load_checkpoint(run / "last.pt")
     assert ck["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())

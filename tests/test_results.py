@@ -153,3 +153,11 @@ def test_committed_page_is_generated_from_committed_runs():
     notes = root / "results" / "notes.md"
     text = format_page(load_sources(root / "results"), notes.read_text() if notes.is_file() else "")
     assert (root / "docs" / "results.md").read_text() == text, "run `longtail results page` and commit docs/results.md"
+
+
+def test_cli_collect_without_finished_runs_is_a_one_line_error(tmp_path):
+    (tmp_path / "runs" / "half").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "longtail", "results", "collect", str(tmp_path / "runs"), "--into",
+                        str(tmp_path / "results" / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"longtail: error: {tmp_path / 'runs'}: no finished run (a folder with metrics.json and config.yaml)"

@@ -8,7 +8,7 @@ from ..config import load_config, load_saved_config
 from ..data.folder import annotate_metrics
 from ..errors import CheckpointError
 from ..losses import build_loss
-from ..models import LWSHead, tau_normalize
+from ..models import LWSHead
 from .checkpoint import load_checkpoint, load_model_state
 from .runlog import write_json
 from .trainer import build, eval_batches, evaluate

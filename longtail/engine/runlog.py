@@ -247,21 +247,26 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (NaN/inf become null); an OSError becomes a CheckpointError naming
-    the file (a previous version of it is left as it was)."""
-    path = Path(path)
+def _write_atomic(path: Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename; an OSError becomes a
+    CheckpointError naming the file (a previous version of it is left as it was)."""
     tmp = Path(str(path) + ".tmp")
     try:
         with open(tmp, "w") as f:
-            json.dump(_clean(obj), f, indent=1)
+            f.write(text)
         os.replace(tmp, path)
     except OSError as err:
         try:
             tmp.unlink()
         except OSError:
             pass
-        raise CheckpointError(f"cannot write {path}: {os_reason(err)}") from None
+        raise CheckpointError(f"cannot write {what}{path}: {os_reason(err)}") from None
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON atomically (NaN/inf become null); an OSError becomes a CheckpointError naming
+    the file (a previous version of it is left as it was)."""
+    _write_atomic(Path(path), json.dumps(_clean(obj), indent=1), "")
 
 
 def _parse_rows(path: Path) -> list[dict]:
@@ -287,17 +292,7 @@ def _parse_rows(path: Path) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = Path(str(path) + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise CheckpointError(f"cannot write the log {path}: {os_reason(err)}") from None
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows), "the log ")
 
 
 def sync_log(run_dir: Path, last_epoch: Optional[int]) -> list[dict]:

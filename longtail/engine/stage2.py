@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 

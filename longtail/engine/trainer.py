@@ -312,7 +312,7 @@ def shot_table(metrics: dict) -> str:
     sizes = metrics.get("group_sizes", {})
     rows = [("all", metrics.get("top1"), sum(v for v in sizes.values() if v) if sizes else None),
             (f"many (>{t.get('many')})", metrics.get("many"), sizes.get("many")),
-            (f"medium", metrics.get("medium"), sizes.get("medium")),
+            ("medium", metrics.get("medium"), sizes.get("medium")),
             (f"few (<{t.get('few')})", metrics.get("few"), sizes.get("few"))]
     out = ["| group | classes | top-1 % |", "|---|---|---|"]
     for name, v, n in rows:
