@@ -25,7 +25,7 @@ class BalancedSoftmax(LongTailLoss):
 
     def __init__(self, class_counts: Counts) -> None:
         super().__init__(class_counts)
-        self.register_buffer("log_counts", as_counts(class_counts).log().float(), persistent=False)
+        self.register_buffer("log_counts", as_counts(class_counts).log(), persistent=False)  # float64
 
     def forward(self, logits: Tensor, target: Tensor, features: Optional[Tensor] = None) -> Tensor:
         self._check(logits, target)

@@ -15,6 +15,11 @@ Contract (see ``LongTailLoss``):
 * Evaluation: ``predict(logits, features=None)`` maps the raw head output to the logits used for
   prediction and calibration metrics (e.g. ``s * cos`` for cosine losses, prior-corrected logits
   for post-hoc logit adjustment). Default: identity. Noise and margins are training-only.
+* Constants: per-class constants (counts, radii, margins, scales, cloud sizes, weights) and
+  schedule values are float64 buffers, cast to the compute dtype where they are used: float64
+  inputs see float64-exact constants, and float32 results are those of float32 constants (a
+  cast of the float64 value rounds as storing it in float32 did). On MPS, which has no
+  float64, ``.to("mps")`` makes them float32.
 """
 from __future__ import annotations
 
@@ -56,7 +61,14 @@ class LongTailLoss(nn.Module):
         super().__init__()
         counts = as_counts(class_counts)
         self.num_classes = int(counts.numel())
-        self.register_buffer("class_counts", counts.float(), persistent=False)
+        self.register_buffer("class_counts", counts, persistent=False)
+
+    def to(self, *args, **kwargs):
+        """``nn.Module.to``; moving to MPS (no float64 there) first makes float64 buffers float32."""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None and device.type == "mps":
+            self._apply(lambda t: t.float() if t.dtype == torch.float64 else t)
+        return super().to(*args, **kwargs)
 
     # -- schedule ---------------------------------------------------------------------------
     def set_progress(self, epoch: int, total_epochs: int) -> None:
@@ -88,13 +100,13 @@ def effective_number_weights(class_counts: Sequence[int] | Tensor, beta: float) 
     gives uniform weights.
 
     Returns:
-        float32 tensor of shape (C,).
+        float64 tensor of shape (C,).
     """
     counts = as_counts(class_counts)
     if not 0.0 <= beta < 1.0:
         raise ConfigError(f"effective-number beta must be in [0, 1), got {beta}")
     w = torch.from_numpy(effective_number(counts.numpy(), beta))
-    return (w / w.sum() * counts.numel()).float()
+    return w / w.sum() * counts.numel()
 
 
 class DeferredReweighting(nn.Module):
@@ -103,7 +115,8 @@ class DeferredReweighting(nn.Module):
     Before ``drw_epoch`` the weights are ``1``; from ``drw_epoch`` on (epochs count from 0, as
     in the reference code's ``epoch // 160``), they are the effective-number weights with
     ``beta``. ``drw_epoch = 0`` means re-weighting from the start (plain class-balanced loss);
-    ``drw_epoch = None`` disables re-weighting. The weights are a buffer updated in place.
+    ``drw_epoch = None`` disables re-weighting. The weights are a float64 buffer updated in
+    place (cast to the compute dtype by the losses).
 
     Args:
         class_counts: Per-class training counts.

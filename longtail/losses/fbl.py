@@ -181,10 +181,10 @@ class FeatureBalancedLoss(LongTailLoss):
         self.curriculum_variant = curriculum_variant
         self.schedule_epochs = schedule_epochs
         self.eps = float(eps)
-        self.register_buffer("lam", lam.float(), persistent=False)  # lambda_j (eq. 4.4), before A
-        self.register_buffer("strength", (self.A * lam).float(), persistent=False)  # A * lambda_j
+        self.register_buffer("lam", lam, persistent=False)  # lambda_j (eq. 4.4), before A; float64
+        self.register_buffer("strength", self.A * lam, persistent=False)  # A * lambda_j
         alpha0 = 1.0 if curriculum == "linear_decrease" else 0.0
-        self.register_buffer("alpha", torch.tensor(alpha0), persistent=False)
+        self.register_buffer("alpha", torch.tensor(alpha0, dtype=torch.float64), persistent=False)
 
     # -- schedule ---------------------------------------------------------------------------
     def set_progress(self, epoch: int, total_epochs: int) -> None:

@@ -138,9 +138,10 @@ class GCLLoss(LongTailLoss):
         self.focal_detach = bool(focal_detach)
         self.cloud = cloud
         self.generator = generator
-        self.register_buffer("delta", cloud_sizes(self.class_counts.double(), cloud).float(), persistent=False)
+        # float64, cast to the compute dtype at use (see longtail.losses.base)
+        self.register_buffer("delta", cloud_sizes(self.class_counts, cloud), persistent=False)
         if weight is not None:
-            w = torch.as_tensor(weight, dtype=torch.float32).flatten().cpu()
+            w = torch.as_tensor(weight, dtype=torch.float64).flatten().cpu()
             if w.numel() != self.num_classes:
                 raise ConfigError(f"gcl: weight must have {self.num_classes} entries, got {w.numel()}")
             if (w < 0).any():

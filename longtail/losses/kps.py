@@ -121,15 +121,16 @@ class KPSLoss(LongTailLoss):
         self.ga_epoch = None if ga_epoch is None else int(ga_epoch)
         self.ga_clamp = self._parse_clamp(ga_clamp, self.s)
 
-        const = kps_constants(self.class_counts.double(), n_base=self.n_base, m_max=self.m_max, s_base=self.s_base)
+        const = kps_constants(self.class_counts, n_base=self.n_base, m_max=self.m_max, s_base=self.s_base)
         ga_scale = const["ga_scale_raw"]
         if self.ga_clamp is not None:
             low, high = self.ga_clamp
             ga_scale = ga_scale.clamp(min=low, max=high)
-        self.register_buffer("radius", const["radius"].float(), persistent=False)
-        self.register_buffer("margin", const["margin"].float(), persistent=False)
-        self.register_buffer("m_prime", const["m_prime"].float(), persistent=False)
-        self.register_buffer("ga_scale", ga_scale.float(), persistent=False)
+        # float64, cast to the compute dtype at use (see longtail.losses.base)
+        self.register_buffer("radius", const["radius"], persistent=False)
+        self.register_buffer("margin", const["margin"], persistent=False)
+        self.register_buffer("m_prime", const["m_prime"], persistent=False)
+        self.register_buffer("ga_scale", ga_scale, persistent=False)
         # 0/1 flag switched in place by set_progress: a captured CUDA graph sees the switch.
         ga_on = 1.0 if self.ga_epoch == 0 else 0.0
         self.register_buffer("ga_active", torch.tensor(ga_on), persistent=False)

@@ -17,7 +17,7 @@ SHAPES = ("concave", "linear", "convex", "exp")
 
 def label_aware_eps(class_counts: Counts, head_eps: float, tail_eps: float, shape: str = "concave",
                     power: float = 2.0) -> Tensor:
-    """Per-class smoothing eps_j of MiSLAS (Zhong et al. 2021, label-aware smoothing), float32 (C,).
+    """Per-class smoothing eps_j of MiSLAS (Zhong et al. 2021, label-aware smoothing), float64 (C,).
 
     With r_j = (n_j - n_min) / (n_max - n_min) in [0, 1] (1 for the largest class, 0 for the
     smallest; computed from the counts, whatever the class order), eps_1 = ``head_eps``,
@@ -45,7 +45,7 @@ def label_aware_eps(class_counts: Counts, head_eps: float, tail_eps: float, shap
         eps = h + (h - t) * torch.sin(1.5 * math.pi + 0.5 * math.pi * r)
     else:
         eps = t + (h - t) * r.pow(float(power))
-    return eps.float()
+    return eps
 
 
 @LOSSES.register("label_aware_smoothing")

@@ -43,7 +43,7 @@ class LDAMLoss(LongTailLoss):
         self.s = float(s)
         m = as_counts(class_counts).pow(-0.25)
         m = m * (self.max_m / m.max())
-        self.register_buffer("margins", m.float(), persistent=False)
+        self.register_buffer("margins", m, persistent=False)  # float64, cast at use
         self.drw = DeferredReweighting(class_counts, check_drw(drw_epoch), beta)
 
     def set_progress(self, epoch: int, total_epochs: int) -> None:

@@ -13,9 +13,9 @@ from .functional import Counts, smoothed_nll, to_compute
 
 
 def log_prior(class_counts: Counts) -> Tensor:
-    """log pi_j = log(n_j / sum_k n_k), computed in float64, returned as float32 (C,)."""
+    """log pi_j = log(n_j / sum_k n_k), float64 (C,)."""
     counts = as_counts(class_counts)
-    return (counts / counts.sum()).log().float()
+    return (counts / counts.sum()).log()
 
 
 def _check_tau(tau: float) -> float:
