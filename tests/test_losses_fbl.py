@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers_cuda import assert_no_host_sync, capture, needs_cuda, replay
 from longtail.errors import ConfigError
 from longtail.losses import LOSSES, build_loss
 from longtail.losses.constants import per_class_constants
@@ -293,32 +294,19 @@ def test_registered_and_flags():
     assert loss.needs_features and not loss.cosine
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_cuda_graph_sees_alpha_update_without_recapture():
     dev = torch.device("cuda")
     loss = FeatureBalancedLoss(CIFAR10_100).to(dev)
     z, f, target = batch(CIFAR10_100, n=16, seed=7)
     z, f, target = z.to(dev), f.to(dev), target.to(dev)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        loss(z, target, f)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            loss(z, target, f)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = loss(z, target, f)
+    assert_no_host_sync(lambda: loss(z, target, f))
+    graph, out = capture(lambda: loss(z, target, f))
     for epoch in [0, 100, 199]:
         loss.set_progress(epoch, 200)
-        graph.replay()
-        torch.cuda.synchronize()
+        got = replay(graph, out)
         want = ref_fbl_loss(
             z.double().cpu().numpy(), f.double().cpu().numpy(), target.cpu().numpy(), CIFAR10_100,
             ref_alpha("parabolic", epoch, 200, "code"),
         )
-        assert out.item() == pytest.approx(want, rel=1e-4), epoch
+        assert got == pytest.approx(want, rel=1e-4), epoch

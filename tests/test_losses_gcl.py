@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import longtail.losses.gcl as gcl_module
+from helpers_cuda import assert_no_host_sync, capture, needs_cuda, replay
 from longtail.errors import ConfigError
 from longtail.losses import LOSSES, build_loss
 from longtail.losses.constants import per_class_constants
@@ -322,29 +323,13 @@ def test_registered_and_flags():
     assert loss.cosine and not loss.needs_features
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_cuda_graph_draws_fresh_noise_on_replay():
     dev = torch.device("cuda")
     loss = GCLLoss(CIFAR10_100).to(dev)
     cos, target, _ = batch(CIFAR10_100, n=64, seed=11)
     cos, target = cos.to(dev), target.to(dev)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        loss(cos, target)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            loss(cos, target)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = loss(cos, target)
-    values = []
-    for _ in range(3):
-        graph.replay()
-        torch.cuda.synchronize()
-        values.append(out.item())
+    assert_no_host_sync(lambda: loss(cos, target))
+    graph, out = capture(lambda: loss(cos, target))
+    values = [replay(graph, out) for _ in range(3)]
     assert len(set(values)) == 3 and all(math.isfinite(v) for v in values)

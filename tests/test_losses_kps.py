@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers_cuda import assert_no_host_sync, capture, needs_cuda, replay
 from longtail.errors import ConfigError
 from longtail.losses import LOSSES, build_loss
 from longtail.losses.constants import format_constants, per_class_constants
@@ -293,7 +294,7 @@ def test_per_class_constants_and_table():
 # ---------------------------------------------------------------------------------------------
 # CUDA: no host sync in forward, schedule switch seen by a captured graph
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_cuda_graph_sees_ga_switch_without_recapture():
     dev = torch.device("cuda")
     loss = KPSLoss(CIFAR10_100).to(dev)
@@ -301,25 +302,9 @@ def test_cuda_graph_sees_ga_switch_without_recapture():
     cos, target = cos.to(dev), target.to(dev)
     plain = ref_kps_loss(cos.double().cpu().numpy(), target.cpu().numpy(), CIFAR10_100, ga=False)
     ga = ref_kps_loss(cos.double().cpu().numpy(), target.cpu().numpy(), CIFAR10_100, ga=True)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        loss(cos, target)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            loss(cos, target)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = loss(cos, target)
+    assert_no_host_sync(lambda: loss(cos, target))
+    graph, out = capture(lambda: loss(cos, target))
     loss.set_progress(0, 200)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert out.item() == pytest.approx(plain, rel=1e-4)
+    assert replay(graph, out) == pytest.approx(plain, rel=1e-4)
     loss.set_progress(120, 200)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert out.item() == pytest.approx(ga, rel=1e-4)
+    assert replay(graph, out) == pytest.approx(ga, rel=1e-4)
