@@ -147,9 +147,27 @@ def test_stage2_leaves_backbone_bit_identical(tmp_path, method, extra):
 
 
 def test_stage2_gcl_recipe_on_cosine_head(tmp_path):
+    """GCL stage 2 (Algorithm 5.1): the stage-1 cosine head is fine-tuned, not re-initialized, with
+    the stage-2 GCL loss (m = 0.1, s = 20, focal gamma = 1) and the CBEN sampler; the backbone,
+    BatchNorm statistics included, is bit-identical to stage 1."""
     run_dir, _ = train(tiny_config(tmp_path, "cifar10_lt/gcl", "name=g"))
-    _, m = retrain(run_dir, ["stage2.epochs=1", "stage2.batch_size=16"])
-    assert m["stage"] == 2
+    s2_dir, m = retrain(run_dir, ["stage2.epochs=1", "stage2.batch_size=16"])
+    assert m["stage"] == 2 and m["stage2_method"] == "crt"
+    s2 = __import__("yaml").safe_load((s2_dir / "config.yaml").read_text())["stage2"]
+    assert s2["reinit"] is False and s2["bn"] == "frozen" and s2["sampler"]["name"] == "cben"
+    assert s2["loss"]["name"] == "gcl"
+    assert {k: s2["loss"]["params"][k] for k in ("s", "m", "gamma")} == {"s": 20.0, "m": 0.1, "gamma": 1.0}
+    s1_state = load_checkpoint(run_dir / "last.pt")["model"]
+    s2_state = load_checkpoint(s2_dir / "last.pt")["model"]
+    b1, b2 = _backbone(s1_state), _backbone(s2_state)
+    assert b1 and b1.keys() == b2.keys() and all(torch.equal(b1[k], b2[k]) for k in b1)
+    heads = sorted(k for k in s1_state if k.startswith("head."))
+    assert heads and heads == sorted(k for k in s2_state if k.startswith("head."))
+    assert "head.bias" not in heads  # cosine head: no bias
+    w1 = torch.cat([s1_state[k].flatten().float() for k in heads])
+    w2 = torch.cat([s2_state[k].flatten().float() for k in heads])
+    change = (w2 - w1).norm() / w1.norm()
+    assert 0 < change < 0.1, change  # trained a little from the stage-1 head (a re-init moves it by ~1)
 
 
 def test_resume_after_interrupt_gives_identical_results(tmp_path):
