@@ -32,6 +32,6 @@ def test_gpu_check_dry_run_runs_every_step_and_brings_back_the_run_files(tmp_pat
     assert len(runs) == 2 * 8
     for run in runs:
         files = {f.name for f in run.iterdir() if f.is_file()}
-        assert {"config.yaml", "log.jsonl", "metrics.json"} <= files and not any(f.endswith(".pt") for f in files)
+        assert {"config.yaml", "metrics.json"} <= files <= {"config.yaml", "log.jsonl", "metrics.json"} and not any(f.endswith(".pt") for f in files)
     seeds = sorted(json.loads((run / "metrics.json").read_text())["seed"] for run in runs)
     assert seeds == [0] * 8 + [1] * 8
