@@ -23,12 +23,12 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import load_config
 from .errors import DataError, LongTailError
 from .report import load_runs
-from .reproduce import BENIGN_PREFIXES, TABLES, Row, Table
+from .reproduce import BENIGN_PREFIXES, TABLES, Row, Table, _mean_std
 
 __all__ = ["KEY_TABLE", "SMALL_FILES", "collect", "find_runs", "row_configs", "key_rows_summary",
            "format_page", "main"]
@@ -180,13 +180,6 @@ def _stage1_of(run2: dict, stage1: Sequence[dict]) -> Optional[dict]:
 # ---------------------------------------------------------------------------------------------
 # Summaries
 # ---------------------------------------------------------------------------------------------
-def _mean_std(values: Iterable[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
-    vals = [float(v) for v in values if isinstance(v, (int, float))]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-
-
 def _precision(run: dict) -> str:
     m = run["metrics"]
     if m.get("precision"):
