@@ -69,10 +69,13 @@ from torchvision import transforms as T  # noqa: E402
 
 from longtail.config import EPOCH_KEYS_STAGE1, load_config, scaled_epoch_overrides  # noqa: E402
 from longtail.data import build_datasets, build_sampler  # noqa: E402
-from longtail.engine.precision import channels_last_default, cpu_bf16_supported  # noqa: E402
 from longtail.engine.schedule import lr_at  # noqa: E402
-from longtail.engine.trainer import (amp_dtype, build, eval_batches, eval_every, evaluate, resolve_device,  # noqa: E402
-                                     seed_everything, train)
+from longtail.engine.build import build, resolve_device  # noqa: E402
+from longtail.engine.loaders import eval_batches  # noqa: E402
+from longtail.engine.loops import evaluate  # noqa: E402
+from longtail.engine.precision import amp_dtype, channels_last_default, cpu_bf16_supported  # noqa: E402
+from longtail.engine.trainer import eval_every, train  # noqa: E402
+from longtail.seeding import seed_everything  # noqa: E402
 from longtail.losses import build_loss  # noqa: E402
 from longtail.models import build_model  # noqa: E402
 

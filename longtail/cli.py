@@ -39,7 +39,8 @@ def _split_items(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .engine.trainer import shot_table, train
+    from .engine.trainer import train
+    from .report import shot_table
 
     recipe, overrides = _split_items(args.items)
     if args.resume:
@@ -58,7 +59,7 @@ def cmd_train(args) -> int:
 
 def cmd_retrain(args) -> int:
     from .engine.stage2 import retrain
-    from .engine.trainer import shot_table
+    from .report import shot_table
 
     overrides = list(args.overrides) + (["quiet=true"] if args.quiet else [])
     run_dir, metrics = retrain(Path(args.stage1), overrides)
@@ -89,7 +90,7 @@ def cmd_eval(args) -> int:
     import json
 
     from .engine.evaluation import evaluate_run
-    from .engine.trainer import shot_table
+    from .report import shot_table
 
     out = _eval_out(args.out) if args.out else None
     metrics = evaluate_run(Path(args.run), split=args.split, checkpoint=args.checkpoint, overrides=args.overrides,

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, LongTailError
 
 FREE_FORM = {
     "data.params",
@@ -63,24 +63,43 @@ def yaml_load(text_or_stream: Any) -> Any:
     return yaml.load(text_or_stream, Loader=_Loader)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, missing_ok: bool = False, error: type[LongTailError] = ConfigError) -> dict:
+    """A YAML file holding a mapping (a recipe, a run's ``config.yaml``), parsed by :func:`yaml_load`.
+
+    Args:
+        path: The file.
+        missing_ok: Return ``{}`` for a missing file instead of raising.
+        error: The exception raised (``ConfigError``; ``longtail.report`` reads run folders and
+            raises ``DataError``).
+
+    Returns:
+        The mapping; ``{}`` for an empty file.
+
+    Raises:
+        error: A missing (unless ``missing_ok``) or unreadable file, invalid YAML, or a top level
+            that is not a mapping; the message names the file.
+    """
     try:
         with open(path) as f:
             data = yaml_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        if missing_ok:
+            return {}
+        raise error(f"config file not found: {path}") from None
+    except OSError as err:
+        raise error(f"config file {path} cannot be read: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise error(f"config file {path} is not valid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise error(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
 
 
 def defaults() -> dict:
     """The default config (a fresh copy)."""
-    return _read_yaml(RECIPE_ROOT / "defaults.yaml")
+    return read_yaml(RECIPE_ROOT / "defaults.yaml")
 
 
 def list_recipes() -> list[str]:
@@ -173,7 +192,7 @@ def _load_recipe_layers(name: str, seen: tuple[str, ...] = ()) -> list[tuple[dic
     key = str(path.resolve())
     if key in seen:
         raise ConfigError(f"recipe inheritance cycle through {path}")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     bases = data.pop("base", None)
     layers: list[tuple[dict, str]] = []
     for b in [bases] if isinstance(bases, str) else (bases or []):
@@ -392,7 +411,7 @@ def load_saved_config(path: Path) -> dict:
     since the run was saved take their defaults.
     """
     path = Path(path)
-    saved = _read_yaml(path)
+    saved = read_yaml(path)
     schema = defaults()
     schema["recipe"] = None
     where = f"saved config {path}"

@@ -38,7 +38,7 @@ class _Outputs:
     def run(self):
         if self._run is None:
             from .config import load_config
-            from .engine.trainer import build
+            from .engine.build import build
 
             cfg = load_config(base=self.loaded.cfg, overrides=self.overrides)
             self._run = build(cfg)
@@ -58,7 +58,7 @@ class _Outputs:
 
     @torch.inference_mode()
     def compute(self, split: str) -> Dict[str, np.ndarray]:
-        from .engine.trainer import eval_batches
+        from .engine.loaders import eval_batches
 
         run = self.run
         module = self.loaded.module.to(run.device).eval()
@@ -154,7 +154,7 @@ def posthoc(run_dir: Path, method: str, tau: Optional[float] = None, split: str 
 def main_posthoc(run_dir: str, method: str, tau: Optional[float] = None, split: str = "test",
                  select_on: Optional[str] = None, overrides: Iterable[str] = (), stage1: bool = False) -> dict:
     """The ``longtail posthoc`` command."""
-    from .engine.trainer import shot_table
+    from .report import shot_table
 
     m = posthoc(Path(run_dir), method, tau=tau, split=split, select_on=select_on, overrides=overrides,
                 prefer_stage2=not stage1)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, DataError, LongTailError
+from .report import read_metrics
 
 __all__ = ["LoadedRun", "EvalLogits", "load_run", "find_stage2", "preprocess_image", "collect_images", "predict",
            "write_predictions"]
@@ -63,16 +64,6 @@ class LoadedRun:
         return int(self.preprocess["image_size"])
 
 
-def _read_metrics(run_dir: Path) -> Optional[dict]:
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read ({err})") from None
-
-
 def find_stage2(run_dir: Path) -> Optional[Path]:
     """The latest finished stage-2 run made from the stage-1 run ``run_dir`` (a sibling folder), or None."""
     run_dir = Path(run_dir).resolve()
@@ -84,8 +75,8 @@ def find_stage2(run_dir: Path) -> Optional[Path]:
         if cand == run_dir or not (cand / "metrics.json").is_file():
             continue
         try:
-            m = json.loads((cand / "metrics.json").read_text())
-        except (OSError, ValueError):
+            m = read_metrics(cand)
+        except DataError:  # some other folder's broken file: not a stage-2 run of this one
             continue
         src = m.get("stage1_run")
         if int(m.get("stage", 1) or 1) == 2 and src:
@@ -140,14 +131,14 @@ def load_run(run_dir: Path, prefer_stage2: bool = True, device: str = "cpu") -> 
     note = ""
     model_dir = run_dir
     cfg = load_saved_config(run_dir / "config.yaml")
-    metrics = _read_metrics(run_dir)
+    metrics = read_metrics(run_dir, missing_ok=True)
     stage = int((metrics or {}).get("stage", 1) or 1)
     if stage == 1 and prefer_stage2:
         s2 = find_stage2(run_dir)
         if s2 is not None:
             model_dir = s2
             cfg = load_saved_config(s2 / "config.yaml")
-            metrics = _read_metrics(s2)
+            metrics = read_metrics(s2, missing_ok=True)
             stage = 2
             note = f"using the stage-2 model of {s2}"
     info = _data_info(cfg, metrics)

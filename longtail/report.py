@@ -25,11 +25,11 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-import yaml
-
+from .config import read_yaml
 from .errors import DataError
 
-__all__ = ["load_runs", "summarize", "format_table", "SEED_KEYS", "DEFAULT_METRICS"]
+__all__ = ["read_metrics", "load_runs", "aggregate", "summarize", "format_table", "SEED_KEYS", "DEFAULT_METRICS",
+           "headline", "shot_table"]
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -40,10 +40,27 @@ DEFAULT_METRICS: Tuple[str, ...] = ("top1", "many", "medium", "few")
 PathLike = Union[str, os.PathLike]
 
 
-def _read_metrics(path: Path) -> Dict[str, Any]:
+def read_metrics(run_dir: PathLike, missing_ok: bool = False) -> Optional[Dict[str, Any]]:
+    """A run's ``metrics.json``: the one reader of ``report``, ``results``, ``reproduce`` and ``sweep``.
+
+    Args:
+        run_dir: The run folder.
+        missing_ok: Return None, instead of raising, when the folder has no ``metrics.json``
+            (a run that has not finished).
+
+    Returns:
+        The JSON object (None for a missing file with ``missing_ok``).
+
+    Raises:
+        DataError: The file is missing (unless ``missing_ok``), unreadable, not valid JSON or not
+            a JSON object; the message names the file.
+    """
+    path = Path(run_dir) / METRICS_FILE
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if missing_ok:
+            return None
         raise DataError(f"{path}: missing (the run has no {METRICS_FILE}; did it finish?)") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
@@ -53,28 +70,18 @@ def _read_metrics(path: Path) -> Dict[str, Any]:
         raise DataError(f"{path}: corrupt JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    top1 = data.get("top1")
-    if isinstance(top1, bool) or not isinstance(top1, (int, float)):
-        raise DataError(f"{path}: 'top1' must be a number, got {top1!r}")
     return data
 
 
 def _read_config(path: Path) -> Dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise DataError(f"{path}: corrupt YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping, got {type(data).__name__}")
-    return data
+    return read_yaml(path, missing_ok=True, error=DataError)
 
 
 def _load_one(folder: Path) -> Dict[str, Any]:
-    metrics = _read_metrics(folder / METRICS_FILE)
+    metrics = read_metrics(folder)
+    top1 = metrics.get("top1")
+    if isinstance(top1, bool) or not isinstance(top1, (int, float)):
+        raise DataError(f"{folder / METRICS_FILE}: 'top1' must be a number, got {top1!r}")
     config = _read_config(folder / CONFIG_FILE)
     return {"path": str(folder), "metrics": metrics, "config": config}
 
@@ -158,13 +165,53 @@ def _fmt_value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
-def _mean_std(values: List[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
-    if not values or any(v is None for v in values):
+def _mean_std(values: Sequence[Any]) -> Tuple[Optional[float], Optional[float]]:
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                         for v in values):
         return None, None
     vals = [float(v) for v in values]
     mean = statistics.fmean(vals)
     std = statistics.stdev(vals) if len(vals) > 1 else None
     return mean, std
+
+
+def aggregate(
+    runs: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    stage1: Optional[Sequence[Optional[Mapping[str, Any]]]] = None,
+) -> Dict[str, Any]:
+    """The numbers of one summary row: mean ± std over the runs of one experiment (its seeds).
+
+    The one aggregate of :func:`summarize` (per group), ``longtail reproduce`` (per table cell)
+    and ``longtail results`` (per row of the results page).
+
+    Args:
+        runs: Runs as :func:`load_runs` gives them (``path``, ``metrics``, ``config``).
+        metrics: ``metrics.json`` fields to average.
+        stage1: Per run, the stage-1 run it re-trained (or None); its wall time is added to the
+            run's.
+
+    Returns:
+        ``{"seeds": int, "seed_list": [...], "runs": [paths], "<metric>": mean, "<metric>_std":
+        std, ..., "wall_time_s": mean per run or None}``. The std is the sample standard deviation
+        (ddof=1), ``None`` for a single run; a metric that is missing, ``None`` or not finite in
+        any run has mean and std ``None``.
+    """
+    row: Dict[str, Any] = {
+        "seeds": len(runs),
+        "seed_list": [_lookup(r, "seed") for r in runs],
+        "runs": [r["path"] for r in runs],
+    }
+    for m in metrics:
+        row[m], row[f"{m}_std"] = _mean_std([r["metrics"].get(m) for r in runs])
+    walls = []
+    for r, parent in zip(runs, stage1 if stage1 is not None else [None] * len(runs)):
+        wall = float(r["metrics"].get("wall_time_s") or 0.0)
+        if parent is not None:
+            wall += float(parent["metrics"].get("wall_time_s") or 0.0)
+        walls.append(wall)
+    row["wall_time_s"] = statistics.fmean(walls) if walls else None
+    return row
 
 
 def _base_label(run: Mapping[str, Any], group_by: Sequence[str]) -> str:
@@ -204,10 +251,11 @@ def summarize(
         ignore: Top-level config keys ignored when comparing configs.
 
     Returns:
-        One row per group, in order of first appearance: ``{"method": str, "seeds": int,
-        "seed_list": [...], "runs": [paths], "<metric>": mean, "<metric>_std": std, ...}``.
-        The std is the sample standard deviation (ddof=1), ``None`` for a single run; a metric
-        that is missing or ``None`` in any run of the group has mean and std ``None``.
+        One row per group, in order of first appearance: ``{"method": str}`` and the group's
+        :func:`aggregate` (``seeds``, ``seed_list``, ``runs``, ``<metric>`` and ``<metric>_std``,
+        ``wall_time_s``). The std is the sample standard deviation (ddof=1), ``None`` for a single
+        run; a metric that is missing, ``None`` or not finite in any run of the group has mean
+        and std ``None``.
     """
     groups: Dict[str, List[Mapping[str, Any]]] = {}
     for run in runs:
@@ -237,20 +285,7 @@ def summarize(
                 desc = f"split={m.get('split')}"
             labels[key] = f"{label} ({desc})"
 
-    rows: List[Dict[str, Any]] = []
-    for key, members in groups.items():
-        row: Dict[str, Any] = {
-            "method": labels[key],
-            "seeds": len(members),
-            "seed_list": [_lookup(r, "seed") for r in members],
-            "runs": [r["path"] for r in members],
-        }
-        for m in metrics:
-            mean, std = _mean_std([r["metrics"].get(m) for r in members])
-            row[m] = mean
-            row[f"{m}_std"] = std
-        rows.append(row)
-    return rows
+    return [{"method": labels[key], **aggregate(members, metrics)} for key, members in groups.items()]
 
 
 _HEADERS = {"top1": "top-1", "top5": "top-5"}
@@ -338,3 +373,28 @@ def format_table(
             cells.append(cell)
         lines.append("| " + " | ".join(cells + ref_cells(row)) + " |")
     return "\n".join(lines) + "\n"
+
+
+# -- terminal tables of one run ------------------------------------------------------------------
+
+def headline(metrics: dict) -> str:
+    """``top1 81.23 | many 90.10 medium 75.00 few 70.33`` for an epoch line (``-`` where absent)."""
+    def f(k):
+        v = metrics.get(k)
+        return "  -  " if v is None else f"{v:5.2f}"
+
+    return f"top1 {f('top1')} | many {f('many')} medium {f('medium')} few {f('few')}"
+
+
+def shot_table(metrics: dict) -> str:
+    """The head / medium / tail table printed at the end of ``train``, ``retrain`` and ``eval``."""
+    t = metrics.get("shot_thresholds", {})
+    sizes = metrics.get("group_sizes", {})
+    rows = [("all", metrics.get("top1"), sum(v for v in sizes.values() if v) if sizes else None),
+            (f"many (>{t.get('many')})", metrics.get("many"), sizes.get("many")),
+            ("medium", metrics.get("medium"), sizes.get("medium")),
+            (f"few (<{t.get('few')})", metrics.get("few"), sizes.get("few"))]
+    out = ["| group | classes | top-1 % |", "|---|---|---|"]
+    for name, v, n in rows:
+        out.append(f"| {name} | {'-' if n is None else n} | {'-' if v is None else f'{v:.2f}'} |")
+    return "\n".join(out)

@@ -33,33 +33,29 @@ How the runs are organised:
   data (the synthetic set) or overrides that change the published recipe, the table says so in
   its header and shows ``n/c`` (not comparable) instead of the difference.
 
-Published numbers: each table carries the numbers printed in *that* table of the thesis (LI
-Mengke, "Advances in Long-Tailed Visual Recognition", 2022; Tables 3.2 and 3.4 print top-1
-*error*, converted here as ``100 - error``). The CE baseline was measured separately per chapter:
-70.36 / 75.22 in Table 3.2, 71.07 / 75.31 in Table 4.2 and 65.68 / 70.70 / 74.81 in Table 5.2;
-each table is compared with its own.
+The tables themselves -- rows, recipes and the numbers printed in each table of the thesis -- are
+data, in :mod:`longtail.thesis_tables`; measured numbers are averaged over seeds by
+:func:`longtail.report.aggregate`, as ``longtail report`` and ``longtail results`` average them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shlex
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, load_config, parse_override, scaled_epoch_overrides
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .jobs import Job, job_state, resolve_jobs, run_jobs
+from .report import DEFAULT_METRICS, aggregate, read_metrics
+from .thesis_tables import PUBLISHED_DATA, TABLES, Table, get_table
 
-__all__ = ["Row", "Table", "FigureSpec", "TABLES", "get_table", "plan", "format_markdown", "main"]
-
-#: The data protocol every published number here refers to.
-PUBLISHED_DATA = "cifar10_lt"
+__all__ = ["BENIGN_PREFIXES", "Plan", "plan", "comparability", "summarize_plan", "format_markdown", "format_list",
+           "make_figures", "main"]
 
 #: Override keys that do not change what a run computes (only where or how fast it runs).
 BENIGN_PREFIXES = (
@@ -71,255 +67,6 @@ BENIGN_PREFIXES = (
 #: Config keys left out of a run's identity (its folder hash). A stage-1 run's ``stage2`` block
 #: is the recipe's (stage-2 overrides go to ``longtail retrain`` only); stage-2 runs hash it.
 _IDENTITY_IGNORE = ("name", "output_dir", "quiet", "seed")
-
-
-# ---------------------------------------------------------------------------------------------
-# The table registry
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Row:
-    """One method (one line) of a thesis table.
-
-    Attributes:
-        label: The method as the thesis names it.
-        recipe: Recipe of the stage-1 run (``cifar10_lt/gcl``).
-        published: Published top-1 (%) per imbalance ratio; only the ratios the thesis reports,
-            ``None`` where it prints "-".
-        overrides: Extra stage-1 overrides of this row.
-        stage2: Overrides of the stage-2 run (``longtail retrain``), or ``None`` for a one-stage
-            method; ``()`` re-trains with the recipe's own ``stage2`` block.
-        note: A remark printed under the table.
-    """
-
-    label: str
-    recipe: str
-    published: Mapping[int, Optional[float]]
-    overrides: Tuple[str, ...] = ()
-    stage2: Optional[Tuple[str, ...]] = None
-    note: str = ""
-
-    @property
-    def two_stage(self) -> bool:
-        """Whether the row re-trains the classifier of its stage-1 run."""
-        return self.stage2 is not None
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """A figure drawn from a table's runs once they have finished.
-
-    Attributes:
-        kind: ``per_class`` (per-class error bars), ``feature_norm`` (feature-norm curves; needs
-            ``eval.feature_norms=true``) or ``tsne`` (t-SNE of test features).
-        rows: Labels of the rows compared.
-        name: File stem; the figure goes to ``<out>/<name>_rho<rho>.png``.
-        caption: What the figure corresponds to in the thesis.
-    """
-
-    kind: str
-    rows: Tuple[str, ...]
-    name: str
-    caption: str
-
-
-@dataclass(frozen=True)
-class Table:
-    """A thesis table: its rows and where its numbers come from.
-
-    Attributes:
-        id: Thesis table number, e.g. ``"5.6"``.
-        title: What the table compares.
-        source: Where the published numbers are printed.
-        rows: The rows.
-        overrides: Stage-1 overrides shared by every row (e.g. the batch size of the chapter).
-        note: A remark printed under the table.
-        figures: Figures drawn from the runs.
-    """
-
-    id: str
-    title: str
-    source: str
-    rows: Tuple[Row, ...]
-    overrides: Tuple[str, ...] = ()
-    note: str = ""
-    figures: Tuple[FigureSpec, ...] = ()
-
-    @property
-    def rhos(self) -> List[int]:
-        """The imbalance ratios the thesis reports for this table, largest first."""
-        return sorted({r for row in self.rows for r in row.published}, reverse=True)
-
-    def row(self, label: str) -> Row:
-        """The row labelled ``label``."""
-        for r in self.rows:
-            if r.label == label:
-                return r
-        raise KeyError(label)
-
-
-_KPS_BATCH = ("data.batch_size=64",)  # Table 3.1: mini-batch 64 on CIFAR (the KPS chapter)
-_GCL = "cifar10_lt/gcl"
-
-TABLES: Dict[str, Table] = {
-    t.id: t
-    for t in (
-        Table(
-            id="3.2",
-            title="CIFAR-10-LT main comparison of the KPS chapter: CE, LDAM-DRW, KPS with GA",
-            source="thesis Table 3.2 (published as top-1 error; shown as 100 - error)",
-            overrides=_KPS_BATCH,
-            rows=(
-                Row("CE", "cifar10_lt/ce", {100: 70.36, 50: 75.22}),
-                Row("LDAM-DRW", "cifar10_lt/ldam_drw", {100: 77.03, 50: 81.03}),
-                Row("KPS (with GA)", "cifar10_lt/kps_ga", {100: 81.23, 50: 84.59}),
-            ),
-            note="Batch 64 for every row (Table 3.1) unless a user override sets data.batch_size. The CE "
-                 "baseline of this table (70.36 / 75.22) differs from Table 5.2's (70.70 / 74.81): the thesis "
-                 "measured it per chapter.",
-            figures=(FigureSpec("per_class", ("CE", "LDAM-DRW", "KPS (with GA)"), "fig3.8_per_class_error",
-                                "per-class error rates (cf. thesis Figure 3.8)"),),
-        ),
-        Table(
-            id="3.4",
-            title="KPS optimisation strategies: KPS alone, KPS + DRW, KPS + GA",
-            source="thesis Table 3.4 (published as top-1 error; shown as 100 - error)",
-            overrides=_KPS_BATCH,
-            rows=(
-                Row("KPS w/o GA and DRW", "cifar10_lt/kps", {100: 80.15, 50: 83.60}),
-                Row("KPS-DRW", "cifar10_lt/kps_drw", {100: 80.91, 50: 83.89}),
-                Row("KPS-GA", "cifar10_lt/kps_ga", {100: 81.23, 50: 84.59}),
-            ),
-            note="Batch 64 for every row (Table 3.1) unless a user override sets data.batch_size.",
-            figures=(FigureSpec("per_class", ("KPS w/o GA and DRW", "KPS-DRW", "KPS-GA"), "fig3.7_per_class_error",
-                                "per-class error rates of the optimisation strategies (cf. thesis Figure 3.7)"),),
-        ),
-        Table(
-            id="4.2",
-            title="CIFAR-10-LT comparison of the FBL chapter: CE, LDAM-DRW, FBL",
-            source="thesis Table 4.2",
-            overrides=("eval.feature_norms=true",),
-            rows=(
-                Row("CE", "cifar10_lt/ce", {100: 71.07, 50: 75.31}),
-                Row("LDAM-DRW", "cifar10_lt/ldam_drw", {100: 77.03, 50: 81.03}),
-                Row("FBL", "cifar10_lt/fbl", {100: 82.46, 50: 84.30}),
-            ),
-            note="Runs log per-class test feature norms every epoch (eval.feature_norms=true; evaluation only). "
-                 "The CE baseline of this table (71.07 / 75.31) differs from Table 5.2's: measured per chapter.",
-            figures=(FigureSpec("feature_norm", ("CE", "FBL"), "fig4.2_feature_norms",
-                                "feature norms of head and tail classes over epochs (cf. thesis Figure 4.2)"),),
-        ),
-        Table(
-            id="4.4",
-            title="FBL curricula alpha(t)",
-            source="thesis Table 4.4",
-            rows=(
-                Row("Linear decrease", "cifar10_lt/fbl_linear_decrease", {100: 75.97}),
-                Row("Linear increase", "cifar10_lt/fbl_linear_increase", {100: 81.67}),
-                Row("Sine increase", "cifar10_lt/fbl_sine", {100: 81.22}),
-                Row("Cosine increase", "cifar10_lt/fbl_cosine", {100: 80.79}),
-                Row("Parabolic increase", "cifar10_lt/fbl", {100: 82.46}),
-            ),
-        ),
-        Table(
-            id="5.2",
-            title="CIFAR-10-LT comparison of the GCL chapter",
-            source="thesis Table 5.2",
-            rows=(
-                Row("CE", "cifar10_lt/ce", {200: 65.68, 100: 70.70, 50: 74.81}),
-                Row("CE + mixup", "cifar10_lt/ce_mixup", {200: 65.84, 100: 72.96, 50: 79.48}),
-                Row("LDAM-DRW", "cifar10_lt/ldam_drw", {200: 73.52, 100: 77.03, 50: 81.03}),
-                Row("CE + mixup + cRT", "cifar10_lt/ce_mixup_crt", {200: 73.06, 100: 79.15, 50: 84.21}, stage2=()),
-                Row("GCL (CBEN + cRT)", _GCL, {200: 79.03, 100: 82.68, 50: 85.46}, stage2=()),
-            ),
-            figures=(FigureSpec("tsne", ("CE", "GCL (CBEN + cRT)"), "fig5.4_tsne",
-                                "t-SNE of test-set embeddings, CE vs GCL stage 1 (cf. thesis Figure 5.4)"),),
-        ),
-        Table(
-            id="5.4",
-            title="GCL cloud-size strategies (full two-stage GCL: CBEN sampler + cRT)",
-            source="thesis Table 5.4",
-            rows=(
-                Row("Cosine", "cifar10_lt/gcl_cloud_cos", {100: 79.21}, stage2=()),
-                Row("Power difference (exp. 1/3)", "cifar10_lt/gcl_cloud_cbrt", {100: 80.80}, stage2=()),
-                Row("Power difference (exp. 1/4)", "cifar10_lt/gcl_cloud_qrt", {100: 82.31}, stage2=()),
-                Row("Logarithm difference", _GCL, {100: 82.68}, stage2=()),
-            ),
-        ),
-        Table(
-            id="5.5",
-            title="GCL stage-2 samplers (cRT), on the same GCL stage-1 runs",
-            source="thesis Table 5.5",
-            rows=(
-                Row("Instance balance + cRT", _GCL, {100: 80.41}, stage2=("stage2.sampler.name=instance",)),
-                Row("Class balance + cRT", _GCL, {100: 82.43}, stage2=("stage2.sampler.name=class_balanced",)),
-                Row("Effective number + cRT", _GCL, {100: 82.47}, stage2=("stage2.sampler.name=effective_number",)),
-                Row("CBEN + cRT", _GCL, {100: 82.68}, stage2=("stage2.sampler.name=cben",)),
-            ),
-        ),
-        Table(
-            id="5.6",
-            title="GCL classifier re-training strategies, on the same GCL stage-1 runs",
-            source="thesis Table 5.6",
-            rows=(
-                Row("w/o re-training", _GCL, {100: 80.52}, stage2=("stage2.method=none",)),
-                Row("CBEN + LWS", _GCL, {100: 82.25}, stage2=("stage2.method=lws",)),
-                Row("CBEN + tau-normalization", _GCL, {100: 82.16}, stage2=("stage2.method=tau_norm",),
-                    note="GCL's stage-1 head is a cosine classifier; the thesis does not say how it "
-                         "tau-normalized it. longtail normalizes the head's stored weights and scores "
-                         "f . w_j / ||w_j||^tau on the unnormalized feature (tau = 1 ranks like the cosine "
-                         "head); tau is chosen on the val split, or on the test split where there is none "
-                         "(CIFAR), and then labelled so."),
-                Row("CBEN + cRT", _GCL, {100: 82.68}, stage2=("stage2.method=crt",)),
-            ),
-        ),
-    )
-}
-
-
-def _key_row(label: str, table_id: str, row_label: str, rho: int = 100, stage2: Tuple[str, ...] = (),
-             note: str = "") -> Row:
-    """A row of another table as a row of its own (the table's overrides folded into the row's)."""
-    table = TABLES[table_id]
-    row = table.row(row_label)
-    s2 = None if row.stage2 is None else tuple(row.stage2) + tuple(stage2)
-    return Row(label, row.recipe, {rho: row.published[rho]}, overrides=tuple(table.overrides) + tuple(row.overrides),
-               stage2=s2, note=note or row.note)
-
-
-#: The key rows every reproduction is read against first (``longtail reproduce key``): one line per
-#: method of the thesis on CIFAR-10-LT, rho = 100, with its chapter's settings. The GCL rows share
-#: one stage-1 run per seed.
-KEY_TABLE = Table(
-    id="key",
-    title="Key rows of the thesis on CIFAR-10-LT, rho = 100",
-    source="thesis Tables 3.2 (KPS), 4.2 (FBL), 5.2 (CE, LDAM-DRW) and 5.6 (GCL)",
-    rows=(
-        _key_row("CE", "5.2", "CE", note="The thesis measured CE per chapter: 70.70 (Table 5.2), 70.36 (Table 3.2), "
-                                          "71.07 (Table 4.2). On the JPEG copy of CIFAR-10 it measures the copy's "
-                                          "offset."),
-        _key_row("LDAM-DRW", "5.2", "LDAM-DRW"),
-        _key_row("KPS with GA (batch 64)", "3.2", "KPS (with GA)"),
-        _key_row("FBL", "4.2", "FBL"),
-        _key_row("GCL stage 1 only", "5.6", "w/o re-training"),
-        _key_row("GCL + CBEN + cRT", "5.6", "CBEN + cRT"),
-        _key_row("GCL + CBEN + cRT, classifier lr 0.002", "5.6", "CBEN + cRT", stage2=("stage2.lr=0.002",),
-                 note="The authors' CIFAR stage-2 script peaks at a classifier lr of 0.002 in its latest version "
-                      "and 0.008 in an earlier commit; the recipe uses 0.008. Same stage-1 runs."),
-    ),
-)
-TABLES[KEY_TABLE.id] = KEY_TABLE
-
-
-def get_table(table_id: str) -> Table:
-    """The registered table ``table_id`` (``"5.6"``; ``"table_5.6"`` works too).
-
-    Raises:
-        ConfigError: An unknown id; the message lists the valid ones.
-    """
-    key = str(table_id).strip().lower().removeprefix("table").strip(" _")
-    if key not in TABLES:
-        raise ConfigError(f"unknown table '{table_id}'; valid: {', '.join(TABLES)} (or 'list')")
-    return TABLES[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,20 +214,6 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
 # ---------------------------------------------------------------------------------------------
 # The markdown table
 # ---------------------------------------------------------------------------------------------
-def _read_metrics(run_dir: Path) -> Optional[dict]:
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-
-
 def _fmt(v: Optional[float], std: Optional[float] = None) -> str:
     if v is None:
         return "-"
@@ -496,13 +229,15 @@ def comparability(data_name: str, overrides: Sequence[str]) -> Tuple[bool, List[
 
 
 def summarize_plan(p: Plan) -> List[dict]:
-    """Per (rho, row): measured means over the seeds' ``metrics.json`` and failures.
+    """Per (rho, row): the seeds' ``metrics.json`` averaged by :func:`longtail.report.aggregate`,
+    and failures.
 
     Returns:
-        Dicts with ``rho``, ``row`` (:class:`Row`), ``label``, ``seeds`` (finished runs),
-        ``top1``/``top1_std``, ``many``, ``medium``, ``few``, ``published``, ``failures``
-        (reasons), ``runs`` (folders), ``wall_time_s`` (mean per seed, stage 1 + stage 2) and
-        ``notes`` (e.g. tau chosen on the test split).
+        Dicts with ``rho``, ``row`` (:class:`~longtail.thesis_tables.Row`), ``label``, ``seeds``
+        (finished runs), ``top1``/``top1_std``, ``many``, ``medium``, ``few`` (with ``_std``),
+        ``published``, ``failures`` (reasons; an unreadable ``metrics.json`` is one, named),
+        ``runs`` (folders, finished or not), ``wall_time_s`` (mean per seed, stage 1 + stage 2)
+        and ``notes`` (e.g. tau chosen on the test split).
     """
     by_dir = {j.run_dir: j for j in p.jobs}
     out = []
@@ -510,35 +245,42 @@ def summarize_plan(p: Plan) -> List[dict]:
         for ri, row in enumerate(p.table.rows):
             runs = p.cells[(rho, ri)]
             s1 = p.stage1[(rho, ri)]
-            metrics, failures, walls, notes = [], [], [], []
+            finished, parents, failures, notes = [], [], [], []
             for r, r1 in zip(runs, s1):
-                m = _read_metrics(r)
+                try:
+                    m = read_metrics(r, missing_ok=True)
+                except DataError as err:
+                    failures.append(str(err))
+                    continue
                 if m is None:
                     job = by_dir.get(r)
                     failures.append(job.reason if job is not None and job.reason else "not run")
                     continue
-                metrics.append(m)
-                wall = m.get("wall_time_s") or 0.0
+                finished.append({"path": str(r), "metrics": m, "config": {}})
+                parent = None
                 if r != r1:
-                    m1 = _read_metrics(r1)
-                    wall += (m1 or {}).get("wall_time_s") or 0.0
-                walls.append(wall)
+                    try:
+                        parent = {"path": str(r1), "metrics": read_metrics(r1, missing_ok=True) or {}, "config": {}}
+                    except DataError as err:
+                        notes.append(f"wall time without stage 1: {err}")
+                parents.append(parent)
                 if m.get("tau_selected_on") == "test":
                     notes.append("tau chosen on the test split (no val split)")
-            entry = {"rho": rho, "row": row, "label": row.label, "seeds": len(metrics), "runs": runs,
-                     "published": row.published.get(rho), "failures": failures,
-                     "wall_time_s": statistics.fmean(walls) if walls else None, "notes": sorted(set(notes))}
-            for key in ("top1", "many", "medium", "few"):
-                mean, std = _mean_std([m.get(key) for m in metrics])
-                entry[key], entry[f"{key}_std"] = mean, std
-            out.append(entry)
+            agg = aggregate(finished, DEFAULT_METRICS, stage1=parents)
+            out.append({"rho": rho, "row": row, "label": row.label, "seeds": agg["seeds"], "runs": runs,
+                        "published": row.published.get(rho), "failures": failures,
+                        "wall_time_s": agg["wall_time_s"], "notes": sorted(set(notes)),
+                        **{k: agg[k] for key in DEFAULT_METRICS for k in (key, f"{key}_std")}})
     return out
 
 
 def _machine(rows: Sequence[dict]) -> str:
     for entry in rows:
         for r in entry["runs"]:
-            m = _read_metrics(r)
+            try:
+                m = read_metrics(r, missing_ok=True)
+            except DataError:
+                continue
             if m:
                 v = m.get("versions") or {}
                 dev = v.get("gpu") or m.get("device") or "?"

@@ -7,11 +7,12 @@ Finished runs keep only their small files in the repository, one folder per mach
 
 ``longtail results collect RUNS --into results/<source>`` copies them from a ``longtail
 reproduce --out RUNS`` folder (never the checkpoints). ``longtail results page`` writes
-``docs/results.md`` from every source: for each key row of the thesis (:data:`KEY_TABLE`, `longtail reproduce key`) and each
-cell of the registered tables (:data:`longtail.reproduce.TABLES`) it finds the runs whose saved
+``docs/results.md`` from every source: for each key row of the thesis
+(:data:`longtail.thesis_tables.KEY_TABLE`, ``longtail reproduce key``) and each cell of the
+registered tables (:data:`longtail.thesis_tables.TABLES`) it finds the runs whose saved
 configuration is the row's published recipe, and prints the thesis number, the measured mean ±
-std over seeds, the difference, many / medium / few, the machine, the precision, the wall time and
-the command. A run matches a row when its ``config.yaml`` equals the config ``longtail reproduce``
+std over seeds (:func:`longtail.report.aggregate`), the difference, many / medium / few, the
+machine, the precision, the wall time and the command. A run matches a row when its ``config.yaml`` equals the config ``longtail reproduce``
 resolves for that row, rho and seed, except for keys that do not change what is computed (where
 the data lies, precision, evaluation frequency: :data:`longtail.reproduce.BENIGN_PREFIXES`).
 Hand-written findings (why a row misses) live in ``results/notes.md`` and are included verbatim.
@@ -20,17 +21,17 @@ from __future__ import annotations
 
 import filecmp
 import shutil
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import load_config
 from .errors import DataError, LongTailError
-from .report import load_runs
-from .reproduce import BENIGN_PREFIXES, TABLES, Row, Table, _mean_std
+from .report import DEFAULT_METRICS, aggregate, load_runs
+from .reproduce import BENIGN_PREFIXES
+from .thesis_tables import KEY_RHO, KEY_TABLE, TABLES, Row, Table
 
-__all__ = ["KEY_TABLE", "SMALL_FILES", "collect", "find_runs", "row_configs", "key_rows_summary",
+__all__ = ["SMALL_FILES", "collect", "find_runs", "row_configs", "summarize_cell", "key_rows_summary",
            "format_page", "main"]
 
 #: The files of a run kept in the repository.
@@ -38,11 +39,6 @@ SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json")
 
 #: Config keys (dotted prefixes) that never decide whether a run matches a row.
 IGNORED_KEYS = ("name", "output_dir", "quiet", "seed", "stage2.cache_features") + tuple(BENIGN_PREFIXES)
-
-
-#: The key rows (``longtail reproduce key``): CIFAR-10-LT, rho = 100, one line per method.
-KEY_TABLE: Table = TABLES["key"]
-KEY_RHO = 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,26 +192,18 @@ def _machine(run: dict) -> str:
 
 
 def summarize_cell(matches: Sequence[Tuple[dict, Optional[dict]]], published: Optional[float]) -> dict:
-    """Mean ± std over the seeds of one cell, with provenance.
+    """Mean ± std over the seeds of one cell (:func:`longtail.report.aggregate`), with provenance.
 
     Returns:
-        ``seeds``, ``top1``/``top1_std``, ``many``, ``medium``, ``few``, ``published``, ``diff``
-        (measured mean - published), ``wall_s`` (mean per seed, stage 1 + stage 2), ``machines``,
-        ``precisions``, ``paths`` and ``notes``.
+        ``seeds``, ``seed_list``, ``runs`` (paths), ``top1``/``top1_std``, ``many``, ``medium``,
+        ``few`` (with ``_std``), ``wall_time_s`` (mean per seed, stage 1 + stage 2),
+        ``published``, ``diff`` (measured mean - published), ``machines``, ``precisions`` and
+        ``notes``.
     """
     ms = [m for m, _ in matches]
-    e: Dict[str, Any] = {"seeds": len(ms), "published": published, "paths": [m["path"] for m in ms],
-                         "seed_list": [int(m["metrics"].get("seed", -1)) for m in ms]}
-    for key in ("top1", "many", "medium", "few"):
-        e[key], e[f"{key}_std"] = _mean_std(m["metrics"].get(key) for m in ms)
+    e: Dict[str, Any] = aggregate(ms, DEFAULT_METRICS, stage1=[p for _, p in matches])
+    e["published"] = published
     e["diff"] = None if e["top1"] is None or published is None else e["top1"] - published
-    walls = []
-    for m, parent in matches:
-        w = float(m["metrics"].get("wall_time_s") or 0.0)
-        if parent is not None:
-            w += float(parent["metrics"].get("wall_time_s") or 0.0)
-        walls.append(w)
-    e["wall_s"] = statistics.fmean(walls) if walls else None
     e["machines"] = sorted({_machine(m) for m in ms})
     # the training's precision: the stage-1 run's where it recorded one
     e["precisions"] = sorted({_precision(p if p is not None and p["metrics"].get("precision") else m)
@@ -319,7 +307,7 @@ def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
         lines.append(
             f"| {kr.label} | {_f(e['published'])} | {_f(e['top1'], e['top1_std'])}{' ('+extra+')' if extra else ''} | "
             f"{_f(e['diff'], signed=True)} | {_f(e['many'])} | {_f(e['medium'])} | {_f(e['few'])} | {e['seeds']} | "
-            f"{'; '.join(e['machines'])} | {'; '.join(e['precisions'])} | {_wall(e['wall_s'])} | "
+            f"{'; '.join(e['machines'])} | {'; '.join(e['precisions'])} | {_wall(e['wall_time_s'])} | "
             f"`{_command(kr, e['seed_list'])}` |")
     for kr in KEY_TABLE.rows:
         if kr.note:

@@ -31,7 +31,6 @@ side take little longer than one. With no RECIPE the defaults (the synthetic dem
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,8 +39,9 @@ from typing import List, Optional, Sequence
 
 from .config import load_config, parse_override
 from .engine.runlog import default_run_name
-from .errors import ConfigError, LongTailError
+from .errors import ConfigError, DataError, LongTailError
 from .jobs import Job, job_state, resolve_jobs, run_jobs
+from .report import read_metrics
 
 __all__ = ["SweepRun", "plan", "run_all", "main"]
 
@@ -58,6 +58,7 @@ class SweepRun:
     stage1: Job
     stage2: Optional[Job] = None
     metrics: dict = field(default_factory=dict)
+    error: str = ""  #: why a run whose jobs finished has no result (an unreadable ``metrics.json``)
 
     @property
     def run_dir(self) -> Path:
@@ -144,13 +145,6 @@ def _tail(path: Path, n: int = TAIL_LINES) -> str:
     return "\n".join("    | " + line for line in lines[-n:])
 
 
-def _read_metrics(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def run_all(runs: Sequence[SweepRun], jobs: int = 1, echo=print, poll_s: float = 0.2) -> int:
     """Run the planned runs' jobs, ``jobs`` processes at once (:func:`longtail.jobs.run_jobs`).
 
@@ -167,7 +161,13 @@ def run_all(runs: Sequence[SweepRun], jobs: int = 1, echo=print, poll_s: float =
                 echo(f"FAILED {r.name} (stage{bad.stage}, exit {bad.rc}); log: {bad.log}\n{_tail(bad.log)}")
             continue
         last = r.stage2 if r.stage2 is not None else r.stage1
-        r.metrics = _read_metrics(last.run_dir)
+        try:
+            r.metrics = read_metrics(last.run_dir)
+        except DataError as err:  # finished, but its result cannot be read
+            r.error = str(err)
+            failed += 1
+            echo(f"FAILED {r.name}: {r.error}")
+            continue
         top1 = r.metrics.get("top1")
         echo(f"done   {r.name}" + (f" in {r.seconds:.1f} s" if r.seconds else " (finished before)")
              + (f", top-1 {top1:.2f}" if isinstance(top1, (int, float)) else ""))
@@ -180,6 +180,8 @@ def summary(runs: Sequence[SweepRun]) -> str:
         bad = r.failed_job
         if bad is not None:
             status = "FAILED (conflict)" if bad.state == "conflict" else f"FAILED (stage{bad.stage}, exit {bad.rc})"
+        elif r.error:
+            status = "FAILED (unreadable metrics.json)"
         elif all(j.rc == 0 for j in r.jobs):
             status = "ok" if r.seconds > 0 else "skipped (done)"
         else:
@@ -244,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             what = bad.note if bad.state == "conflict" else (bad.reason if bad.rc == -1 else bad.log)
             exit_txt = "" if bad.rc == -1 else f", exit {bad.rc}"
             print(f"failed: {r.name} (stage{bad.stage}{exit_txt}): {what}", file=sys.stderr)
+        elif r.error:
+            print(f"failed: {r.name}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
 
 

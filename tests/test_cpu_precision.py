@@ -13,7 +13,8 @@ from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.features import FeatureLoader, use_feature_cache
 from longtail.engine.stage2 import retrain
 from longtail.engine.step import TrainStep
-from longtail.engine.trainer import build, eval_every, train
+from longtail.engine.build import build
+from longtail.engine.trainer import eval_every, train
 from longtail.errors import ConfigError
 from longtail.losses import LOSSES, build_loss
 from longtail.models import build_model
@@ -210,7 +211,7 @@ def test_feature_cache_setting():
 
 
 def test_feature_loader_draws_the_image_loaders_batches(tmp_path):
-    from longtail.engine.trainer import make_train_loader
+    from longtail.engine.loaders import make_train_loader
 
     run = build(tiny_config(tmp_path, None, "data.augment=none", "amp=none"))
     loader = make_train_loader(run, {"name": "cben", "params": {}}, 3, 7)

@@ -12,7 +12,9 @@ from longtail.config import save_config
 from longtail.engine import stage2
 from longtail.engine.evaluation import evaluate_run
 from longtail.engine.metrics import Accumulator
-from longtail.engine.trainer import _DataLoaderAdapter, build, eval_batches, evaluate, make_train_loader
+from longtail.engine.build import build
+from longtail.engine.loaders import DataLoaderAdapter, eval_batches, make_train_loader
+from longtail.engine.loops import evaluate
 from longtail.errors import ConfigError
 from longtail.data.gpu import GpuLoader
 from longtail.models import tau_normalize
@@ -45,7 +47,7 @@ def test_auto_sends_in_memory_imagenet_augment_to_the_dataloader(tmp_path):
     without Resize + CenterCrop; now both go through the torchvision transforms."""
     run = _run(tmp_path, "data.augment=imagenet", "data.eval_batch_size=8")
     loader = make_train_loader(run, SAMPLER, 1, 0)
-    assert isinstance(loader, _DataLoaderAdapter)
+    assert isinstance(loader, DataLoaderAdapter)
     loader.set_epoch(0)
     x, _ = next(iter(loader))
     assert x.shape[-2:] == (224, 224)  # RandomResizedCrop(224)
@@ -115,3 +117,31 @@ def test_tau_sweep_reads_the_split_once_and_is_unchanged(tmp_path, monkeypatch):
             acc.update(tau_normalize(run.model.head, tau)(outs["features"]), targets)
         m = acc.compute(run.bundle.class_counts, many=100, few=20)
         assert row == {"tau": tau, **{k: m[k] for k in ("top1", "many", "medium", "few")}}
+
+
+def test_every_training_loader_is_a_loader_drawing_the_same_targets(tmp_path):
+    """The loader protocol: the resident loader, the DataLoader adapter and the stage-2 feature
+    loader all have ``set_epoch`` / ``len`` / device batches, and over one sampler they draw the
+    same samples in the same order, epoch after epoch (so the path never changes what is trained)."""
+    from longtail.engine.features import FeatureLoader
+    from longtail.engine.loaders import Loader
+
+    sampler = {"name": "cben", "params": {}}
+    resident = make_train_loader(_run(tmp_path), sampler, 3, 5, batch_size=16)
+    adapter = make_train_loader(_run(tmp_path, "data.gpu_resident=false"), sampler, 3, 5, batch_size=16)
+    run = _run(tmp_path)
+    targets = torch.as_tensor(run.bundle.train.targets)
+    feats = FeatureLoader(torch.arange(len(targets), dtype=torch.float32).unsqueeze(1), targets,
+                          make_train_loader(run, sampler, 3, 5, batch_size=16).sampler, 16)
+    assert isinstance(resident, GpuLoader) and isinstance(adapter, DataLoaderAdapter)
+    drawn = {}
+    for epoch in (0, 2):
+        for name, loader in (("resident", resident), ("adapter", adapter), ("features", feats)):
+            assert isinstance(loader, Loader), name
+            seed_everything(epoch)  # fit seeds the epoch before set_epoch
+            loader.set_epoch(epoch)
+            ys = [y for _, y in loader]
+            assert len(ys) == len(loader), name
+            drawn[name] = torch.cat(ys)
+        assert torch.equal(drawn["resident"], drawn["adapter"]) and torch.equal(drawn["resident"], drawn["features"])
+    assert not isinstance(object(), Loader)

@@ -425,3 +425,19 @@ def test_linear_head_options():
     torch.manual_seed(0)
     default = LinearHead(64, 10)  # PyTorch default: uniform(-1/8, 1/8)
     assert default.weight.abs().max() <= 1 / 8
+
+
+def test_state_mismatch_names_every_kind_of_problem_and_tolerates_optional_keys():
+    """The one check behind checkpoints, torchvision weights and timm weights."""
+    from longtail.models.state import state_mismatch
+
+    expected = {"a.weight": torch.zeros(3, 2), "a.bias": torch.zeros(3), "bn.num_batches_tracked": torch.zeros(())}
+    assert state_mismatch(expected, dict(expected)) == ""
+    state = {"a.weight": torch.zeros(2, 2), "b.extra": torch.zeros(1)}
+    msg = state_mismatch(expected, state)
+    assert msg == ("missing keys [a.bias, bn.num_batches_tracked]; unexpected keys [b.extra]; "
+                   "shape mismatches [a.weight: file (2, 2) vs model (3, 2)]")
+    no_bn = {k: v for k, v in expected.items() if "num_batches" not in k}
+    assert state_mismatch(expected, no_bn, optional=lambda k: k.endswith("num_batches_tracked")) == ""
+    many = {f"k{i}": torch.zeros(1) for i in range(12)}
+    assert state_mismatch({}, many) == "unexpected keys [k0, k1, k2, k3, k4, ... (12 in all)]"

@@ -160,3 +160,78 @@ def test_missing_and_corrupt_metrics(tmp_path):
     (empty / "sub").mkdir(parents=True)
     with pytest.raises(DataError, match="empty"):
         load_runs([empty])
+
+
+def test_read_metrics_missing_corrupt_and_not_an_object(tmp_path):
+    from longtail.report import read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "metrics.json"
+    with pytest.raises(DataError, match=r"run[/\\]metrics\.json: missing"):
+        read_metrics(run)
+    assert read_metrics(run, missing_ok=True) is None  # an unfinished run
+    path.write_text("{\"top1\": 5")
+    for missing_ok in (False, True):  # corrupt is an error either way, naming the file
+        with pytest.raises(DataError, match=r"run[/\\]metrics\.json: corrupt JSON at line 1"):
+            read_metrics(run, missing_ok=missing_ok)
+    path.write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"run[/\\]metrics\.json: expected a JSON object, got list"):
+        read_metrics(run)
+    path.unlink()
+    path.mkdir()  # unreadable: a folder where the file should be
+    with pytest.raises(DataError, match=r"run[/\\]metrics\.json: cannot read"):
+        read_metrics(run, missing_ok=True)
+    path.rmdir()
+    path.write_text(json.dumps({"top1": 1.5, "seed": 3}))
+    assert read_metrics(run) == {"top1": 1.5, "seed": 3}
+
+
+def test_corrupt_or_missing_config_yaml(tmp_path):
+    _write_run(tmp_path / "a", 0, 50.0, 1.0, 1.0, 1.0, "ce", _config(0))
+    (tmp_path / "a" / "config.yaml").unlink()
+    assert load_runs(tmp_path)[0]["config"] == {}  # tolerated: grouped by metrics.json alone
+    (tmp_path / "a" / "config.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(DataError, match=r"a[/\\]config\.yaml is not valid YAML"):
+        load_runs(tmp_path)
+    (tmp_path / "a" / "config.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(DataError, match=r"a[/\\]config\.yaml must hold a mapping"):
+        load_runs(tmp_path)
+    # the loader of longtail.config: YAML 1.2 floats, as in a recipe
+    (tmp_path / "a" / "config.yaml").write_text("optim: {lr: 5e-4}\n")
+    assert load_runs(tmp_path)[0]["config"] == {"optim": {"lr": 5e-4}}
+
+
+def test_aggregate_is_the_one_mean_std(tmp_path):
+    from longtail.report import aggregate
+
+    def run(seed, top1, few, wall):
+        return {"path": f"r{seed}", "metrics": {"seed": seed, "top1": top1, "few": few, "wall_time_s": wall},
+                "config": {}}
+
+    runs = [run(0, 70.0, 10.0, 100.0), run(1, 72.0, None, 50.0)]
+    parents = [{"path": "s1", "metrics": {"wall_time_s": 1000.0}, "config": {}}, None]
+    a = aggregate(runs, ("top1", "few"), stage1=parents)
+    assert (a["seeds"], a["seed_list"], a["runs"]) == (2, [0, 1], ["r0", "r1"])
+    assert a["top1"] == 71.0 and a["top1_std"] == pytest.approx(math.sqrt(2))
+    assert (a["few"], a["few_std"]) == (None, None)  # missing in one seed: no mean over a subset
+    assert a["wall_time_s"] == (1100.0 + 50.0) / 2
+    assert aggregate([run(0, float("nan"), 1.0, 0.0)], ("top1",))["top1"] is None
+    assert aggregate([], ("top1",)) == {"seeds": 0, "seed_list": [], "runs": [], "top1": None, "top1_std": None,
+                                        "wall_time_s": None}
+    # summarize rows are the same aggregate per group
+    _write_run(tmp_path / "a", 0, 70.0, 1.0, 1.0, 1.0, "ce", _config(0))
+    _write_run(tmp_path / "b", 1, 72.0, 1.0, 1.0, 1.0, "ce", _config(1))
+    loaded = load_runs(tmp_path)
+    assert summarize(loaded) == [{"method": "ce", **aggregate(loaded)}]
+
+
+def test_terminal_tables_of_one_run():
+    from longtail.report import headline, shot_table
+
+    m = {"top1": 81.234, "many": 90.1, "medium": 75.0, "few": None,
+         "shot_thresholds": {"many": 100, "few": 20}, "group_sizes": {"many": 3, "medium": 4, "few": 3}}
+    assert headline(m) == "top1 81.23 | many 90.10 medium 75.00 few   -  "
+    assert shot_table(m).splitlines() == [
+        "| group | classes | top-1 % |", "|---|---|---|", "| all | 10 | 81.23 |", "| many (>100) | 3 | 90.10 |",
+        "| medium | 4 | 75.00 |", "| few (<20) | 3 | - |"]

@@ -9,7 +9,8 @@ import pytest
 
 from longtail.config import load_config, recipe_path
 from longtail.errors import ConfigError
-from longtail.reproduce import TABLES, comparability, format_list, get_table, main, plan
+from longtail.reproduce import comparability, format_list, main, plan
+from longtail.thesis_tables import TABLES, get_table
 
 # Published CIFAR-10-LT top-1 (%) as printed in each thesis table (Tables 3.2 / 3.4 print the
 # error; 100 - error here). Written out by hand from the thesis text.
@@ -337,3 +338,51 @@ def test_key_rows_run_what_their_chapter_tables_run(tmp_path):
     p32 = plan(TABLES["3.2"], [0], [100], ["data.root=/d"], tmp_path)
     assert s1[4].run_dir == p56.jobs[0].run_dir
     assert s1[2].run_dir == next(j.run_dir for j in p32.jobs if j.argv[1] == "cifar10_lt/kps_ga")
+
+
+# ---------------------------------------------------------------------------------------------
+# The thesis tables are data; one metrics reader
+# ---------------------------------------------------------------------------------------------
+def test_thesis_tables_module_holds_only_data():
+    """longtail.thesis_tables imports nothing that plans or runs (no engine, jobs, config, torch)."""
+    import ast
+    import subprocess
+    import sys
+
+    import longtail.thesis_tables as tt
+
+    tree = ast.parse(open(tt.__file__).read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+    assert imported == {"__future__", "dataclasses", "typing", ".errors"}
+    code = ("import sys, longtail.thesis_tables; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('longtail')))")
+    mods = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert mods.strip() == "['longtail', 'longtail.errors', 'longtail.thesis_tables']"
+    # every top-level function is a data helper or the registry lookup
+    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert funcs == {"_kps_table", "_gcl_retrained", "_key_row", "get_table"}
+
+
+def test_summary_names_a_corrupt_metrics_file(tmp_path):
+    from longtail.reproduce import format_markdown, summarize_plan
+
+    p = plan(TABLES["5.6"], [0, 1], None, ["data.root=/data"], tmp_path)
+    s1 = p.stage1[(100, 0)]
+    for seed, folder in enumerate(p.cells[(100, 3)]):  # CBEN + cRT: seed 1's result is corrupt
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"top1": 82.0, "wall_time_s": 10.0}) if seed == 0 else "{")
+        s1[seed].mkdir(parents=True, exist_ok=True)
+        (s1[seed] / "metrics.json").write_text(json.dumps({"top1": 80.0, "wall_time_s": 100.0}))
+    crt = next(e for e in summarize_plan(p) if e["label"] == "CBEN + cRT")
+    bad = p.cells[(100, 3)][1] / "metrics.json"
+    assert crt["seeds"] == 1 and crt["top1"] == 82.0 and crt["top1_std"] is None
+    assert crt["wall_time_s"] == 110.0  # stage 1 + stage 2
+    assert len(crt["failures"]) == 1 and crt["failures"][0].startswith(f"{bad}: corrupt JSON")
+    lone = next(e for e in summarize_plan(p) if e["label"] == "w/o re-training")
+    assert lone["failures"] == ["not run", "not run"] and lone["top1"] is None
+    assert f"CBEN + cRT (rho 100): 1 run(s) without result: {bad}: corrupt JSON" in format_markdown(p, summarize_plan(p))

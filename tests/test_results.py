@@ -11,9 +11,8 @@ import pytest
 
 from longtail.config import save_config
 from longtail.errors import DataError
-from longtail.reproduce import TABLES
-from longtail.results import (KEY_TABLE, collect, find_runs, format_page, key_rows_summary, load_sources,
-                              row_configs, same_computation)
+from longtail.results import collect, find_runs, format_page, key_rows_summary, load_sources, row_configs, same_computation
+from longtail.thesis_tables import KEY_TABLE, TABLES
 
 
 def _write_run(folder: Path, cfg: dict, metrics: dict, checkpoint: bool = False) -> Path:
@@ -81,10 +80,10 @@ def test_key_rows_mean_std_diff_and_two_stage_wall_time(tmp_path):
     assert e["diff"] == pytest.approx((69.5 + 71.3) / 2 - 70.70)
     assert e["many"] == pytest.approx((79.5 + 81.3) / 2)
     e = summary["GCL + CBEN + cRT"]
-    assert (e["seeds"], e["top1"], e["wall_s"]) == (1, 82.0, 4300.0)
+    assert (e["seeds"], e["top1"], e["wall_time_s"]) == (1, 82.0, 4300.0)
     assert e["diff"] == pytest.approx(82.0 - 82.68)
     e = summary["GCL + CBEN + cRT, classifier lr 0.002"]
-    assert (e["seeds"], e["top1"], e["wall_s"]) == (1, 81.0, 4200.0)
+    assert (e["seeds"], e["top1"], e["wall_time_s"]) == (1, 81.0, 4200.0)
     assert summary["LDAM-DRW"]["source"] is None and summary["GCL stage 1 only"]["source"] is None
     # the stage-1 run recorded no precision: the stage-2 run's is shown
     assert summary["GCL + CBEN + cRT"]["precisions"] == ["bf16 autocast"]

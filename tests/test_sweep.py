@@ -123,3 +123,21 @@ def test_sweep_module_entry_point_dry_run(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "cifar10_lt-gcl-cifar10_lt-seed0: new" in res.stdout and "seed=1" in res.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_sweep_names_an_unreadable_metrics_file(tmp_path, capsys):
+    """A run found finished whose metrics.json is corrupt fails with the file named, not a JSON traceback."""
+    out = tmp_path / "runs"
+    runs = sweep.plan([None], [0, 1], TINY + [f"output_dir={out}"])
+    for r, text in zip(runs, ['{"top1": 5', json.dumps({"top1": 61.5, "seed": 1})]):
+        r.run_dir.mkdir(parents=True)
+        (r.run_dir / "metrics.json").write_text(text)
+    runs = sweep.plan([None], [0, 1], TINY + [f"output_dir={out}"])
+    assert [r.state for r in runs] == ["done", "done"]
+    lines = []
+    assert sweep.run_all(runs, echo=lines.append) == 1
+    bad = runs[0].run_dir / "metrics.json"
+    assert any(line.startswith(f"FAILED {runs[0].name}: {bad}: corrupt JSON") for line in lines), lines
+    assert runs[1].metrics["top1"] == 61.5 and any("top-1 61.50" in line for line in lines)
+    table = sweep.summary(runs)
+    assert "FAILED (unreadable metrics.json)" in table and "61.50" in table

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import DataError
+from ..report import read_metrics
 
 PathLike = Union[str, Path]
 
@@ -68,19 +69,10 @@ def _save(fig, out: PathLike, note: Optional[str]) -> Path:
     return out
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing (did the run finish?)") from None
-    except ValueError as err:
-        raise DataError(f"{path}: corrupt JSON: {err}") from None
-
-
 def _label_of(run_dir: Path) -> str:
     try:
-        m = json.loads((Path(run_dir) / "metrics.json").read_text())
-    except (OSError, ValueError):
+        m = read_metrics(run_dir, missing_ok=True) or {}
+    except DataError:  # a label only: the folder name will do
         m = {}
     label = m.get("recipe") or Path(run_dir).name
     if m.get("stage") == 2 and m.get("stage2_method"):
@@ -147,9 +139,8 @@ def class_counts_of(run_dir: PathLike) -> List[int]:
     """Training count of every class of a run: from ``metrics.json`` (``per_class``), else by
     building the run's dataset from its ``config.yaml``."""
     run_dir = Path(run_dir)
-    mpath = run_dir / "metrics.json"
-    if mpath.is_file():
-        per = _read_json(mpath).get("per_class")
+    if (run_dir / "metrics.json").is_file():
+        per = read_metrics(run_dir).get("per_class")
         if per:
             return [int(p["train_count"]) for p in sorted(per, key=lambda p: p["class"])]
     cpath = run_dir / "config.yaml"
@@ -187,7 +178,7 @@ def per_class_errors(run_dirs: Sequence[PathLike], labels: Optional[Sequence[str
     labels = _labels(run_dirs, labels)
     tables = []
     for r in run_dirs:
-        per = _read_json(Path(r) / "metrics.json").get("per_class")
+        per = read_metrics(r).get("per_class")
         if not per:
             raise DataError(f"{Path(r) / 'metrics.json'}: no per_class entry")
         tables.append(sorted(per, key=lambda p: p["class"]))
@@ -387,9 +378,8 @@ def plot_feature_norms(run_dirs: Sequence[PathLike], out: PathLike, labels: Opti
 def _checkpoint_dir(run_dir: Path) -> Path:
     if (run_dir / "last.pt").is_file():
         return run_dir
-    mpath = run_dir / "metrics.json"
-    if mpath.is_file():  # tau_norm / none stage-2 runs keep the stage-1 backbone, no checkpoint
-        s1 = _read_json(mpath).get("stage1_run")
+    if (run_dir / "metrics.json").is_file():  # tau_norm / none stage-2 runs keep the stage-1 backbone, no checkpoint
+        s1 = read_metrics(run_dir).get("stage1_run")
         if s1 and (Path(s1) / "last.pt").is_file():
             return Path(s1)
     raise DataError(f"{run_dir}: no last.pt (nor a stage-1 run with one)")
@@ -399,7 +389,7 @@ def run_features(run_dir: PathLike, split: str = "test", max_points: Optional[in
                  device: Optional[str] = None, overrides: Sequence[str] = ()) -> dict:
     """Pooled features of a run's backbone on an evaluation split (a random subsample).
 
-    Builds the model from the run's ``config.yaml`` (:func:`longtail.engine.trainer.build`),
+    Builds the model from the run's ``config.yaml`` (:func:`longtail.engine.build.build`),
     loads the backbone weights of its ``last.pt`` (``weights_only=True``; the stage-1 checkpoint
     for ``none`` / ``tau_norm`` stage-2 runs, which have none) and evaluates the split with
     ``keep_logits=True``. Only the backbone is loaded, so stage-2 runs with another head type
@@ -420,7 +410,9 @@ def run_features(run_dir: PathLike, split: str = "test", max_points: Optional[in
     """
     from ..config import load_config, load_saved_config
     from ..engine.checkpoint import load_checkpoint, load_model_state
-    from ..engine.trainer import build, eval_batches, evaluate
+    from ..engine.build import build
+    from ..engine.loaders import eval_batches
+    from ..engine.loops import evaluate
     from ..seeding import seed_everything
 
     run_dir = Path(run_dir)

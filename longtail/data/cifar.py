@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .lt import DATASETS, ArrayImageDataset, DataBundle, long_tail_counts
+from .lt import DATASETS, ArrayImageDataset, DataBundle, counts_profile, long_tail_counts
 from .transforms import CIFAR_MEAN, CIFAR_STD
 
 _SHARED_REBUILD = "../shared/data/cifar10_from_jpeg.py"
@@ -286,6 +286,16 @@ class CIFAR100(CIFAR10):
     title = "CIFAR-100"
 
 
+def _cifar_counts(cls: type) -> Callable[..., List[int]]:
+    """The count profile of ``cls``'s long-tailed training subset (head class ``n_max``, default
+    ``cls.default_n_max``), for :func:`~longtail.data.lt.counts_profile`."""
+
+    def counts(imbalance_ratio: float, profile: str, n_max: Optional[int]) -> List[int]:
+        return long_tail_counts(n_max or cls.default_n_max, cls.num_base_classes, imbalance_ratio, profile)
+
+    return counts
+
+
 def _build_cifar(
     cls: type,
     root: Optional[str],
@@ -309,6 +319,7 @@ def _build_cifar(
 
 
 @DATASETS.register("cifar10_lt")
+@counts_profile(_cifar_counts(CIFAR10))
 def build_cifar10_lt(
     root: Optional[str] = None,
     imbalance_ratio: float = 100,
@@ -334,6 +345,7 @@ def build_cifar10_lt(
 
 
 @DATASETS.register("cifar100_lt")
+@counts_profile(_cifar_counts(CIFAR100))
 def build_cifar100_lt(
     root: Optional[str] = None,
     imbalance_ratio: float = 100,

@@ -62,7 +62,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .lt import DATASETS, ArrayImageDataset, DataBundle
+from .lt import DATASETS, ArrayImageDataset, DataBundle, build_datasets
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
@@ -779,7 +779,6 @@ def resolve_auto(cfg: dict) -> dict:
     resolve again. A config without these settings is returned unchanged and no data is read.
     """
     from ..config import EPOCH_KEYS_STAGE1, get_key, scaled_epoch_overrides
-    from .lt import build_datasets
 
     data, model, optim = cfg["data"], cfg["model"], cfg["optim"]
     nominal = optim.get("nominal_epochs")

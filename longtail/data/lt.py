@@ -14,26 +14,63 @@ dataset order, which a GPU-resident loader can take whole.
 Datasets register a builder in :data:`DATASETS`; ``build_datasets(cfg["data"])`` calls it with
 the standard keys of the ``data:`` block it accepts (``root``, ``imbalance_ratio``, ``profile``,
 ``download``, ``train_list``, ``val_list``, ``test_list``) plus ``data.params``, then attaches the
-transforms of ``data.augment``.
+transforms of ``data.augment``. A builder decorated with :func:`counts_profile` also gives its
+training counts without any data (:func:`train_class_counts`).
 """
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ..registry import Registry
+from ..registry import Registry, check_arguments
 from .transforms import AUGMENT_KINDS, CIFAR_MEAN, CIFAR_STD, build_transforms
 
 DATASETS = Registry("dataset")
-"""Dataset name -> builder returning a :class:`DataBundle` without transforms."""
+"""Dataset name -> builder returning a :class:`DataBundle` without transforms.
+
+The builders live in the dataset modules (``cifar``, ``folder``, ``listfile``, ``synthetic``),
+which register them on import; the package ``longtail.data`` imports them all (this module
+imports none of them)."""
 
 PROFILES = ("exp", "step")
+
+_Builder = TypeVar("_Builder", bound=Callable[..., Any])
+
+
+def counts_profile(counts: Callable[..., Sequence[int]]) -> Callable[[_Builder], _Builder]:
+    """Decorator giving a dataset builder its training class counts without building any data.
+
+    ``counts`` takes some of the builder's parameters, by their names, and returns the C per-class
+    training counts the builder would produce with them; :func:`train_class_counts` calls it with
+    the values the builder would get from the ``data:`` block (else the builder's defaults).
+    It is kept as the builder's ``train_counts`` attribute::
+
+        @DATASETS.register("cifar10_lt")
+        @counts_profile(lambda imbalance_ratio, profile, n_max: long_tail_counts(n_max or 5000, 10,
+                                                                                 imbalance_ratio, profile))
+        def build_cifar10_lt(root=None, imbalance_ratio=100, profile="exp", n_max=None, ...): ...
+
+    Raises:
+        TypeError: ``counts`` takes a parameter the builder does not have (or ``*args`` /
+            ``**kwargs``).
+    """
+    wanted = inspect.signature(counts).parameters
+
+    def deco(builder: _Builder) -> _Builder:
+        have = inspect.signature(builder).parameters
+        bad = [n for n, p in wanted.items() if n not in have or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if bad:
+            raise TypeError(f"counts_profile of {builder.__name__}: {', '.join(bad)} is not a parameter of the builder")
+        builder.train_counts = counts
+        return builder
+
+    return deco
 
 
 # -- counts and shot groups ---------------------------------------------------------------------
@@ -275,6 +312,16 @@ def _builder_kwargs(name: str, builder: Callable[..., DataBundle], cfg: Mapping[
     return kwargs
 
 
+def _lookup(cfg_data: Mapping[str, Any]) -> Tuple[str, Callable[..., DataBundle]]:
+    """``(name, builder)`` of the ``data:`` block; ConfigError for a bad block or an unknown name."""
+    if not isinstance(cfg_data, Mapping):
+        raise ConfigError(f"data must be a mapping, got {type(cfg_data).__name__}")
+    name = cfg_data.get("name")
+    if not name:
+        raise ConfigError(f"data.name is required; valid dataset names: {', '.join(DATASETS.names())}")
+    return name, DATASETS.get(name)
+
+
 def _image_size(dataset: Any) -> Optional[int]:
     data = getattr(dataset, "data", None)
     if isinstance(data, np.ndarray) and data.ndim == 4:
@@ -299,12 +346,7 @@ def build_datasets(cfg_data: Mapping[str, Any]) -> DataBundle:
         ConfigError: Unknown dataset, augment or parameter (the message names it).
         DataError: Missing or corrupt data files.
     """
-    if not isinstance(cfg_data, Mapping):
-        raise ConfigError(f"data must be a mapping, got {type(cfg_data).__name__}")
-    name = cfg_data.get("name")
-    if not name:
-        raise ConfigError(f"data.name is required; valid dataset names: {', '.join(DATASETS.names())}")
-    builder = DATASETS.get(name)
+    name, builder = _lookup(cfg_data)
     bundle = builder(**_builder_kwargs(name, builder, cfg_data))
     augment = cfg_data.get("augment", "auto")
     if augment in (None, "auto"):
@@ -320,31 +362,24 @@ def build_datasets(cfg_data: Mapping[str, Any]) -> DataBundle:
     return bundle
 
 
-PROFILE_DATASETS = {"cifar10_lt": (5000, 10), "cifar100_lt": (500, 100)}
-
-
 def train_class_counts(cfg_data: Mapping[str, Any]) -> np.ndarray:
-    """Training class counts of the ``data:`` block without decoding any image.
+    """Training class counts of the ``data:`` block, without decoding any image where possible.
 
-    CIFAR-LT and the synthetic set follow their long-tail profile (so no file is needed);
-    list-file datasets are read (their list only, images are opened lazily).
+    A builder with a :func:`counts_profile` (CIFAR-LT, synthetic) gives them from its parameters,
+    read from the block exactly as :func:`build_datasets` reads them (so no file is needed); for
+    the others the datasets are built (list-file datasets read their lists only, images are opened
+    lazily).
+
+    Raises:
+        ConfigError: Unknown dataset or parameter, as :func:`build_datasets`.
     """
-    name = cfg_data.get("name")
-    params = dict(cfg_data.get("params") or {})
-    rho = cfg_data.get("imbalance_ratio", 100)
-    profile = cfg_data.get("profile", "exp")
-    if name in PROFILE_DATASETS:
-        n_max, classes = PROFILE_DATASETS[name]
-        return np.asarray(long_tail_counts(int(params.get("n_max") or n_max), classes, rho, profile), dtype=np.int64)
-    if name == "synthetic":
-        import inspect
-
-        defaults = {k: v.default for k, v in inspect.signature(synthetic.build_synthetic).parameters.items()}
-        n_max = int(params.get("n_max", defaults["n_max"]))
-        classes = int(params.get("num_classes", defaults["num_classes"]))
-        return np.asarray(long_tail_counts(n_max, classes, rho, params.get("profile", profile)), dtype=np.int64)
-    return np.asarray(build_datasets(cfg_data).class_counts, dtype=np.int64)
-
-
-# Builders register themselves on import; imported last since they use the names above.
-from . import cifar, folder, listfile, synthetic  # noqa: E402,F401
+    name, builder = _lookup(cfg_data)
+    counts = getattr(builder, "train_counts", None)
+    if counts is None:
+        return np.asarray(build_datasets(cfg_data).class_counts, dtype=np.int64)
+    kwargs = _builder_kwargs(name, builder, cfg_data)
+    check_arguments(builder, f"dataset '{name}'", **kwargs)
+    bound = inspect.signature(builder).bind(**kwargs)
+    bound.apply_defaults()
+    wanted = inspect.signature(counts).parameters
+    return np.asarray(counts(**{k: bound.arguments[k] for k in wanted}), dtype=np.int64)

@@ -30,7 +30,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from ..errors import ConfigError
-from .lt import DATASETS, ArrayImageDataset, DataBundle, long_tail_counts
+from .lt import DATASETS, ArrayImageDataset, DataBundle, counts_profile, long_tail_counts
 
 _SPLIT_STREAM = {"train": 1, "test": 2, "val": 3}
 _KIND_NAMES = ("stripes", "checker", "rings", "waves")
@@ -197,6 +197,7 @@ def channel_stats(data: np.ndarray) -> tuple:
 
 
 @DATASETS.register("synthetic")
+@counts_profile(long_tail_counts)  # its parameters n_max, num_classes, imbalance_ratio, profile are the builder's
 def build_synthetic(
     imbalance_ratio: float = 100,
     profile: str = "exp",

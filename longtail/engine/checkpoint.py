@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import CheckpointError
+from ..models.state import state_mismatch
 from .runlog import os_reason
 
 
@@ -151,19 +152,7 @@ def check_finite_state(model: torch.nn.Module, optimizer: Optional[torch.optim.O
 
 def load_model_state(model: torch.nn.Module, state: dict, where: Path) -> None:
     """Load a model state dict strictly; a mismatch raises CheckpointError naming the keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}")
-        if shape:
-            parts.append(
-                "shape mismatch " + ", ".join(f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:5])
-            )
-        raise CheckpointError(f"checkpoint {where} does not fit this model: " + "; ".join(parts))
+    problems = state_mismatch(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"checkpoint {where} does not fit this model: {problems}")
     model.load_state_dict(state)

@@ -11,7 +11,9 @@ from ..losses import build_loss
 from ..models import LWSHead
 from .checkpoint import load_checkpoint, load_model_state
 from .runlog import write_json
-from .trainer import build, eval_batches, evaluate
+from .build import build
+from .loaders import eval_batches
+from .loops import evaluate
 
 
 def evaluate_run(run_dir: Path, *, split: Optional[str] = None, checkpoint: Optional[Path] = None,

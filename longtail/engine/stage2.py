@@ -32,8 +32,10 @@ from .checkpoint import load_checkpoint, load_model_state
 from .features import FeatureLoader, HeadOnly, compute_features, use_feature_cache
 from .metrics import Accumulator
 from .runlog import default_run_name
-from .trainer import (Run, build, check_loss_head, eval_batches, evaluate, finish, fit, make_run_dir, make_train_loader,
-                      train_batch_size)
+from .build import Run, build, check_loss_head
+from .loaders import eval_batches, make_train_loader, train_batch_size
+from .loops import evaluate
+from .trainer import finish, fit, make_run_dir
 
 METHODS = ("crt", "lws", "tau_norm", "none")
 

@@ -12,17 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, Union
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from .state import quote_keys, state_mismatch
 
 __all__ = ["resnet50", "resnext50_32x4d", "resnet152", "load_pretrained"]
-
-_SHOW = 5  # offending keys quoted in an error message
 
 
 def _torchvision_backbone(arch: str) -> nn.Module:
@@ -51,12 +50,6 @@ def resnet152() -> nn.Module:
     return _torchvision_backbone("resnet152")
 
 
-def _quote(keys: List[str]) -> str:
-    shown = ", ".join(keys[:_SHOW])
-    more = f", ... ({len(keys)} in all)" if len(keys) > _SHOW else ""
-    return f"[{shown}{more}]"
-
-
 def _read_state_dict(path: Path) -> Dict[str, Tensor]:
     """Load ``path`` safely (``weights_only=True``) and return a flat name -> tensor mapping."""
     if not path.is_file():
@@ -76,7 +69,7 @@ def _read_state_dict(path: Path) -> Dict[str, Tensor]:
         )
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise CheckpointError(f"pretrained weight file '{path}': entries that are not named tensors: {_quote(bad)}")
+        raise CheckpointError(f"pretrained weight file '{path}': entries that are not named tensors: {quote_keys(bad)}")
     state = dict(obj)
     # Checkpoints of DataParallel models prefix every key with "module.".
     if all(k.startswith("module.") for k in state):
@@ -102,23 +95,7 @@ def load_pretrained(backbone: nn.Module, path: Union[str, "os.PathLike[str]"], n
     path = Path(path)
     state = _read_state_dict(path)
     state = {k: v for k, v in state.items() if not (k == "fc" or k.startswith("fc."))}
-    expected = backbone.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_quote(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_quote(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches {_quote(mismatched)}")
+    problems = state_mismatch(backbone.state_dict(), state, optional=lambda k: k.endswith("num_batches_tracked"))
     if problems:
-        raise CheckpointError(
-            f"pretrained weight file '{path}' does not fit {name}: " + "; ".join(problems)
-        )
+        raise CheckpointError(f"pretrained weight file '{path}' does not fit {name}: {problems}")
     backbone.load_state_dict(state, strict=False)

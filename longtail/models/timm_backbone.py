@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from .state import state_mismatch
 
 
 class TimmBackbone(nn.Module):
@@ -58,14 +59,9 @@ def load_timm_weights(net: nn.Module, path: Union[str, "os.PathLike[str]"], name
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     drop = _classifier_prefixes(net)
     state = {k: v for k, v in state.items() if not k.startswith(drop)}
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shape:
-        raise CheckpointError(
-            f"model.pretrained: {path} does not fit timm model '{name}': missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, shape mismatch {shape[:5]}")
+    problems = state_mismatch(net.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"model.pretrained: {path} does not fit timm model '{name}': {problems}")
     net.load_state_dict(state)
 
 
