@@ -242,14 +242,21 @@ TABLES: Dict[str, Table] = {
 KEY_RHO = 100
 
 
-def _key_row(label: str, table_id: str, row_label: str, stage2: Tuple[str, ...] = (), note: str = "") -> Row:
+def _key_row(label: str, table_id: str, row_label: str, stage2: Tuple[str, ...] = (), note: str = "",
+             overrides: Tuple[str, ...] = ()) -> Row:
     """A row of another table as a key row (at :data:`KEY_RHO`; the table's overrides folded into
-    the row's)."""
+    the row's, then ``overrides`` and, for two-stage rows, ``stage2`` appended)."""
     table = TABLES[table_id]
     row = table.row(row_label)
     s2 = None if row.stage2 is None else tuple(row.stage2) + tuple(stage2)
     return Row(label, row.recipe, {KEY_RHO: row.published[KEY_RHO]},
-               overrides=tuple(table.overrides) + tuple(row.overrides), stage2=s2, note=note or row.note)
+               overrides=tuple(table.overrides) + tuple(row.overrides) + tuple(overrides), stage2=s2,
+               note=note or row.note)
+
+
+#: The authors' GCL stage-1 script (and their KPS script): batch 64 and lr x0.1 after epoch 160,
+#: x0.01 after 180, where the thesis's Table 5.1 gives batch 128 and x0.01 / x0.0001 (the recipe).
+GCL_CODE_SCHEDULE = ("data.batch_size=64", "optim.milestone_factors=[0.1,0.01]")
 
 
 #: The key rows every reproduction is read against first (``longtail reproduce key``): one line per
@@ -271,6 +278,11 @@ KEY_TABLE = Table(
         _key_row("GCL + CBEN + cRT, classifier lr 0.002", "5.6", "CBEN + cRT", stage2=("stage2.lr=0.002",),
                  note="The authors' CIFAR stage-2 script peaks at a classifier lr of 0.002 in its latest version "
                       "and 0.008 in an earlier commit; the recipe uses 0.008. Same stage-1 runs."),
+        _key_row("GCL stage 1 only, authors' code schedule", "5.6", "w/o re-training", overrides=GCL_CODE_SCHEDULE,
+                 note="The authors' GCL stage-1 script trains with batch 64 and lr x0.1 after epoch 160, x0.01 after "
+                      "180; Table 5.1 (and the recipe) give batch 128 and x0.01 / x0.0001."),
+        _key_row("GCL + CBEN + cRT, authors' code schedule", "5.6", "CBEN + cRT", overrides=GCL_CODE_SCHEDULE,
+                 note="Stage 2 of the code-schedule stage-1 runs, with the recipe's stage 2."),
     ),
 )
 TABLES[KEY_TABLE.id] = KEY_TABLE
