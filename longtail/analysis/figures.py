@@ -139,10 +139,9 @@ def class_counts_of(run_dir: PathLike) -> List[int]:
     """Training count of every class of a run: from ``metrics.json`` (``per_class``), else by
     building the run's dataset from its ``config.yaml``."""
     run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").is_file():
-        per = read_metrics(run_dir).get("per_class")
-        if per:
-            return [int(p["train_count"]) for p in sorted(per, key=lambda p: p["class"])]
+    per = (read_metrics(run_dir, missing_ok=True) or {}).get("per_class")
+    if per:
+        return [int(p["train_count"]) for p in sorted(per, key=lambda p: p["class"])]
     cpath = run_dir / "config.yaml"
     if not cpath.is_file():
         raise DataError(f"{run_dir}: neither metrics.json with per_class nor config.yaml; class counts unknown")
@@ -378,10 +377,10 @@ def plot_feature_norms(run_dirs: Sequence[PathLike], out: PathLike, labels: Opti
 def _checkpoint_dir(run_dir: Path) -> Path:
     if (run_dir / "last.pt").is_file():
         return run_dir
-    if (run_dir / "metrics.json").is_file():  # tau_norm / none stage-2 runs keep the stage-1 backbone, no checkpoint
-        s1 = read_metrics(run_dir).get("stage1_run")
-        if s1 and (Path(s1) / "last.pt").is_file():
-            return Path(s1)
+    # tau_norm / none stage-2 runs keep the stage-1 backbone, no checkpoint
+    s1 = (read_metrics(run_dir, missing_ok=True) or {}).get("stage1_run")
+    if s1 and (Path(s1) / "last.pt").is_file():
+        return Path(s1)
     raise DataError(f"{run_dir}: no last.pt (nor a stage-1 run with one)")
 
 
