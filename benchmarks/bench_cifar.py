@@ -433,6 +433,98 @@ def part_stage2(args, base: list[str], device: torch.device, workdir: Path, log:
     return out
 
 
+# (h): where one training step's time goes, by phase and kind of operator
+PROFILE_KINDS = (("convolution", ("convolution", "conv2d", "conv_depthwise")),
+                 ("batch norm", ("batch_norm",)),
+                 ("activation", ("relu", "clamp_min", "threshold")),
+                 ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")))
+PROFILE_PHASES = ("forward", "backward", "optimizer", "other")
+
+
+def profile_kind(name: str) -> str:
+    """The kind of a profiled operator by its name (``elementwise / other`` when none matches)."""
+    return next((kind for kind, keys in PROFILE_KINDS if any(k in name for k in keys)), "elementwise / other")
+
+
+def profile_phase(event) -> str:
+    """``optimizer`` under ``Optimizer.step``, ``backward`` under the autograd engine, ``forward``
+    under the model's forward (the ``longtail::forward`` record), else ``other`` (the batch's
+    augmentation, mixup and the loss's forward)."""
+    e = event
+    while e is not None:
+        if e.name.startswith("Optimizer."):
+            return "optimizer"
+        if e.name.startswith("autograd::engine") or e.name.endswith("Backward0") or e.name.endswith("Backward1"):
+            return "backward"
+        if e.name == "longtail::forward":
+            return "forward"
+        e = e.cpu_parent
+    return "other"
+
+
+def profile_table(events) -> dict:
+    """Self CPU microseconds of ``events`` summed by ``[kind][phase]`` (each event counted once)."""
+    table = {kind: dict.fromkeys(PROFILE_PHASES, 0.0) for kind, _ in PROFILE_KINDS}
+    table["elementwise / other"] = dict.fromkeys(PROFILE_PHASES, 0.0)
+    for e in events:
+        if e.name.startswith(("aten::", "mkldnn::", "onednn::")):
+            table[profile_kind(e.name)][profile_phase(e)] += float(e.self_cpu_time_total)
+    return table
+
+
+def part_profile(args, base: list[str], device: torch.device, log: Callable) -> dict:
+    """(h) ``--profile-steps`` steps of the run's own training step under ``torch.profiler``: the
+    self CPU time of the operators, by kind (convolution, batch norm, ...) and phase (forward,
+    backward, optimizer). Shares of the profiled time; the profiler's own overhead inflates the
+    absolute figures, so the unprofiled step rate is (b)'s."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from longtail.engine.loaders import make_train_loader
+    from longtail.engine.step import MixupSchedule, TrainStep
+    from longtail.engine.trainer import make_optimizer
+
+    cfg = load_config(args.recipe, base + ["quiet=true", "tensorboard=false"])
+    seed_everything(int(cfg["seed"]))
+    run = build(cfg)
+    optimizer = make_optimizer(run.model.parameters(), cfg["optim"], device, False, float(cfg["optim"]["lr"]))
+    alpha = float(cfg["mixup"]["alpha"])
+    step = TrainStep(run.model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype,
+                     mixup=MixupSchedule(alpha, device) if alpha > 0 else None)
+    forward = run.model.forward
+
+    def traced(*a, **kw):
+        with record_function("longtail::forward"):
+            return forward(*a, **kw)
+
+    run.model.forward = traced
+    loader = make_train_loader(run, cfg["sampler"], int(cfg["optim"]["epochs"]), int(cfg["seed"]))
+
+    def endless():  # a small training set has fewer batches than the steps asked for
+        for epoch in range(int(cfg["optim"]["epochs"])):
+            loader.set_epoch(epoch)
+            yield from loader
+        raise RuntimeError("(h): more profiled steps than the whole schedule has")
+
+    batches = endless()
+    run.model.train()
+    for _ in range(args.profile_warmup):
+        step(*next(batches))
+    steps = args.profile_steps
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(*next(batches))
+        wall = time.perf_counter() - t0
+    table = profile_table(prof.events())
+    total = sum(sum(v.values()) for v in table.values())
+    ms = {kind: {ph: us / 1000.0 / steps for ph, us in v.items()} for kind, v in table.items()}
+    share = {kind: sum(v.values()) / total if total else float("nan") for kind, v in table.items()}
+    log("  " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
+    return {"steps": steps, "warmup_steps": args.profile_warmup, "threads": torch.get_num_threads(),
+            "profiled_ms_per_step": wall * 1000.0 / steps, "self_ms_per_step": ms, "share": share,
+            "config": resolved_switches(cfg, device)}
+
+
 def n_evaluations(every, device: torch.device, epochs: int) -> int:
     k = eval_every(every, device, epochs)
     return len({e for e in range(epochs) if (e + 1) % k == 0} | {epochs - 1})
@@ -657,7 +749,7 @@ def markdown(report: dict) -> str:
 
 
 def cpu_sections(report: dict) -> list[str]:
-    """Markdown for (e) evaluation, the projected full recipe, (f) concurrency and (g) stage 2."""
+    """Markdown for (e) evaluation, the projected full recipe, (f) concurrency, (g) stage 2 and (h) the profile."""
     r, proj = report["results"], report.get("projection", {})
     lines: list[str] = []
     ev = r.get("eval")
@@ -702,6 +794,15 @@ def cpu_sections(report: dict) -> list[str]:
             if d:
                 fc = f"{d['feature_cache_seconds']:.1f} s" if d.get("feature_cache_seconds") else "-"
                 lines.append(f"| {key} | {d['train_seconds_per_epoch']:.2f} | {fc} | `{' '.join(d['overrides']) or '-'}` |")
+    pr = r.get("profile")
+    if pr:
+        lines += ["", f"## (h) Where a training step's time goes ({pr['steps']} steps under `torch.profiler`, "
+                      f"{pr['threads']} threads; self CPU ms per step)", "",
+                  "| kind | forward (model) | backward | optimizer | outside the model (data, mixup, loss) | share |", "|---|---|---|---|---|---|"]
+        for kind, v in pr["self_ms_per_step"].items():
+            lines.append(f"| {kind} | " + " | ".join(f"{v[ph]:.1f}" for ph in PROFILE_PHASES)
+                         + f" | {100 * pr['share'][kind]:.1f}% |")
+        lines.append(f"\nProfiled step: {pr['profiled_ms_per_step']:.1f} ms (the profiler's overhead included).")
     return lines
 
 
@@ -770,6 +871,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage2", choices=["auto", "on", "off"], default="auto",
                    help="(g): stage-2 seconds per epoch, recipe and cached features (auto: on the CPU)")
     p.add_argument("--stage2-timed-epochs", type=int, default=2, help="stage-2 epochs timed in (g)")
+    p.add_argument("--profile", choices=["auto", "on", "off"], default="auto",
+                   help="(h): the training step's operators under torch.profiler, by kind and phase (auto: on the CPU)")
+    p.add_argument("--profile-steps", type=int, default=10, help="steps profiled in (h)")
+    p.add_argument("--profile-warmup", type=int, default=3, help="unprofiled steps before (h)")
     p.add_argument("--out", default=None, help="results path without suffix (NAME.json and NAME.md are written); "
                                                "default benchmarks/results/bench_cifar-<device>-<time>")
     p.add_argument("--workdir", default=None, help="run folders and logs (default .cache/bench_cifar/<time>)")
@@ -837,6 +942,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.stage2 == "on" or (args.stage2 == "auto" and cpu):
         parts.append(("stage2", "(g) stage 2 on the frozen backbone",
                       lambda: part_stage2(args, base, device, workdir / "stage2", log)))
+    if args.profile_steps > 0 and (args.profile == "on" or (args.profile == "auto" and cpu)):
+        parts.append(("profile", "(h) where a training step's time goes",
+                      lambda: part_profile(args, base, device, log)))
     if args.compile:  # after (c): its compilation time must not cost (c) its place in a time budget
         parts.append(("fast_compile", "(b') longtail fast path + torch.compile",
                       lambda: part_fast(args, base, device, workdir / "fast", log, True)))

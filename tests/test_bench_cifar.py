@@ -41,7 +41,7 @@ def test_bench_cifar_cpu_smoke(tmp_path):
     report = json.loads(out.read_text())
     res = report["results"]
     assert not report["errors"]
-    assert set(res) == {"conventional", "fast", "e2e", "conventional_e2e", "eval", "concurrency", "stage2"}
+    assert set(res) == {"conventional", "fast", "e2e", "conventional_e2e", "eval", "concurrency", "stage2", "profile"}
     for key in ("conventional", "fast"):
         d = res[key]
         assert d["timed_epochs"] == 1 and len(d["epoch_seconds"]) == 2 and d["seconds_per_epoch"] > 0
@@ -71,7 +71,40 @@ def test_bench_cifar_cpu_smoke(tmp_path):
     assert s2["cached"]["feature_cache_seconds"] > 0 and s2["recipe_stage2_epochs"] == 30
     assert proj["fast"]["stage2_evaluations"] == 15  # every 2nd of 30 epochs on the CPU
     assert proj["fast"]["total_s"] == pytest.approx(proj["fast"]["stage1_s"] + proj["fast"]["stage2_s"])
+    # (h) the profile of the run's own step: the convolutions run in the model's forward and in backward
+    prof = res["profile"]
+    assert prof["steps"] == 10 and sum(prof["share"].values()) == pytest.approx(1.0)
+    conv = prof["self_ms_per_step"]["convolution"]
+    assert conv["forward"] > 0 and conv["backward"] > 0 and conv["optimizer"] == conv["other"] == 0
+    assert prof["self_ms_per_step"]["batch norm"]["backward"] > 0
+    assert sum(v["optimizer"] for v in prof["self_ms_per_step"].values()) > 0
     md = out.with_suffix(".md").read_text()
-    assert "(f) Concurrency" in md and "(g) Stage 2" in md and "Projected wall time" in md
+    assert "(f) Concurrency" in md and "(g) Stage 2" in md and "(h) Where a training step's time goes" in md and "Projected wall time" in md
     assert report["command"] in md and "(a) conventional" in md and "(c) longtail" in md and "(d) conventional" in md
     assert report["machine"]["torch"] and report["machine"]["cpu_count"]
+
+
+class _Event:
+    def __init__(self, name, us, parent=None):
+        self.name, self.self_cpu_time_total, self.cpu_parent = name, us, parent
+
+
+def test_profile_table_sums_self_time_by_kind_and_phase():
+    bench = _load()
+    fwd = _Event("longtail::forward", 1.0)
+    bwd = _Event("autograd::engine::evaluate_function: ConvolutionBackward0", 2.0)
+    opt = _Event("Optimizer.step#SGD.step", 4.0)
+    relu, conv_bwd = _Event("aten::relu_", 0.5, fwd), _Event("ConvolutionBackward0", 0.25, bwd)
+    events = [fwd, bwd, opt, relu, conv_bwd,
+              _Event("aten::mkldnn_convolution", 10.0, fwd), _Event("aten::native_batch_norm", 20.0, fwd),
+              _Event("aten::clamp_min_", 40.0, relu), _Event("aten::convolution_backward", 80.0, conv_bwd),
+              _Event("aten::threshold_backward", 160.0, bwd), _Event("aten::_foreach_add_", 320.0, opt),
+              _Event("aten::addmm", 640.0, fwd), _Event("aten::index", 1280.0),  # augmentation: outside the model
+              _Event("cudaLaunchKernel", 5000.0, fwd)]  # not an operator: not counted
+    table = bench.profile_table(events)
+    assert table["convolution"] == {"forward": 10.0, "backward": 80.0, "optimizer": 0.0, "other": 0.0}
+    assert table["batch norm"]["forward"] == 20.0
+    assert table["activation"] == {"forward": 40.5, "backward": 160.0, "optimizer": 0.0, "other": 0.0}
+    assert table["matmul"]["forward"] == 640.0
+    assert table["elementwise / other"] == {"forward": 0.0, "backward": 0.0, "optimizer": 320.0, "other": 1280.0}
+    assert sum(sum(v.values()) for v in table.values()) == 10 + 20 + 40.5 + 80 + 160 + 320 + 640 + 1280
