@@ -40,7 +40,7 @@ EXPECTED = {
     # the key rows (issue: measured, not promised): the issue's numbers, each from its chapter's table
     "key": {"CE": {100: 70.70}, "LDAM-DRW": {100: 77.03}, "KPS with GA (batch 64)": {100: 81.23},
             "FBL": {100: 82.46}, "GCL stage 1 only": {100: 80.52}, "GCL + CBEN + cRT": {100: 82.68},
-            "GCL + CBEN + cRT, classifier lr 0.002": {100: 82.68},
+            "GCL + CBEN + cRT, classifier lr 0.008": {100: 82.68},
             "GCL stage 1 only, authors' code schedule": {100: 80.52},
             "GCL + CBEN + cRT, authors' code schedule": {100: 82.68}},
 }
@@ -338,7 +338,7 @@ def test_key_rows_run_what_their_chapter_tables_run(tmp_path):
     assert "data.batch_size=64" in code and "optim.milestone_factors=[0.1,0.01]" in code
     assert "milestone_factors" not in " ".join(s1[4].argv)
     s2 = [j for j in p.jobs if j.stage == 2]
-    assert len(s2) == 5 and sum("stage2.lr=0.002" in " ".join(j.argv) for j in s2) == 1
+    assert len(s2) == 5 and sum("stage2.lr=0.008" in " ".join(j.argv) for j in s2) == 1
     assert sum(str(s1[5].run_dir) in " ".join(j.argv) for j in s2) == 2  # none (stage 1 only) and cRT
     # the same stage-1 folders as the chapter tables' own plans: runs are shared, not re-trained
     p56 = plan(TABLES["5.6"], [0], [100], ["data.root=/d"], tmp_path)

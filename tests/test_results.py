@@ -62,14 +62,14 @@ def test_key_rows_mean_std_diff_and_two_stage_wall_time(tmp_path):
     # CE with another lr: not the published recipe, must not be counted
     cfg, _ = row_configs(t52, ce, 100, 2)
     _write_run(src / "rho100" / "ce-lr-seed2", _with(cfg, "optim.lr", 0.3), _metrics(2, 10.0))
-    # GCL: one stage-1 run and two stage-2 runs (recipe lr, and the lr-0.002 variant)
+    # GCL: one stage-1 run and two stage-2 runs (recipe lr, and the lr-0.008 variant)
     crt = t56.row("CBEN + cRT")
     cfg1, cfg2 = row_configs(t56, crt, 100, 0)
     s1 = _write_run(src / "rho100" / "gcl-seed0", cfg1, _metrics(0, 80.0, wall=4000.0, precision=None))
     _write_run(src / "rho100" / "gcl-seed0-crt", cfg2,
                _metrics(0, 82.0, stage=2, wall=300.0, stage1_run=f"/somewhere/{s1.name}"))
-    _, cfg2b = row_configs(t56, crt, 100, 0, ("stage2.lr=0.002",))
-    _write_run(src / "rho100" / "gcl-seed0-crt-lr002", cfg2b, _metrics(0, 81.0, stage=2, wall=200.0))
+    _, cfg2b = row_configs(t56, crt, 100, 0, ("stage2.lr=0.008",))
+    _write_run(src / "rho100" / "gcl-seed0-crt-lr008", cfg2b, _metrics(0, 81.0, stage=2, wall=200.0))
 
     sources = load_sources(tmp_path / "results")
     summary = {e["row"].label: e for e in key_rows_summary(sources)}
@@ -82,7 +82,7 @@ def test_key_rows_mean_std_diff_and_two_stage_wall_time(tmp_path):
     e = summary["GCL + CBEN + cRT"]
     assert (e["seeds"], e["top1"], e["wall_time_s"]) == (1, 82.0, 4300.0)
     assert e["diff"] == pytest.approx(82.0 - 82.68)
-    e = summary["GCL + CBEN + cRT, classifier lr 0.002"]
+    e = summary["GCL + CBEN + cRT, classifier lr 0.008"]
     assert (e["seeds"], e["top1"], e["wall_time_s"]) == (1, 81.0, 4200.0)
     assert summary["LDAM-DRW"]["source"] is None and summary["GCL stage 1 only"]["source"] is None
     # the stage-1 run recorded no precision: the stage-2 run's is shown
