@@ -40,6 +40,11 @@ SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json")
 #: Config keys (dotted prefixes) that never decide whether a run matches a row.
 IGNORED_KEYS = ("name", "output_dir", "quiet", "seed", "stage2.cache_features") + tuple(BENIGN_PREFIXES)
 
+#: Stage-2 methods that train nothing, with the only ``stage2`` keys that decide what they compute
+#: (their lr, epochs, sampler, loss ... are never used).
+UNTRAINED_STAGE2 = {"none": ("stage2.method", "stage2.bn"),
+                    "tau_norm": ("stage2.method", "stage2.bn", "stage2.tau", "stage2.tau_grid")}
+
 
 # ---------------------------------------------------------------------------------------------
 # Collecting run files
@@ -107,12 +112,14 @@ def same_computation(expected: dict, saved: dict, stage: int) -> bool:
     """Whether a saved run config computes what ``expected`` computes.
 
     Keys that only say where or how fast a run goes (:data:`IGNORED_KEYS`) are left out, and so is
-    the ``stage2`` block of a stage-1 run. Keys present on one side only (a setting added to or
-    removed from the schema since the run) are left out as well.
+    the ``stage2`` block of a stage-1 run, and the training settings of a stage-2 method that trains
+    nothing (:data:`UNTRAINED_STAGE2`). Keys present on one side only (a setting added to or removed
+    from the schema since the run) are left out as well.
     """
     a, b = _flat(expected), _flat(saved)
+    kept = UNTRAINED_STAGE2.get(a.get("stage2.method")) if stage == 2 else None
     for key in a.keys() & b.keys():
-        if _ignored(key, stage):
+        if _ignored(key, stage) or (kept and key.startswith("stage2.") and key not in kept):
             continue
         if a[key] != b[key]:
             return False

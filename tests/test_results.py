@@ -50,6 +50,17 @@ def test_same_computation_ignores_location_and_precision_but_not_the_recipe():
     # a stage-1 run's stage2 block does not decide its identity; a stage-2 run's does
     assert same_computation(cfg, _with(cfg, "stage2.lr", 0.5), 1)
     assert not same_computation(cfg, _with(cfg, "stage2.lr", 0.5), 2)
+    # a stage-2 method that trains nothing: its lr, epochs, sampler do not count; its method, tau and bn do
+    t56 = TABLES["5.6"]
+    _, none = row_configs(t56, t56.row("w/o re-training"), 100, 0)
+    assert same_computation(none, _with(_with(none, "stage2.lr", 0.5), "stage2.sampler.name", "instance"), 2)
+    assert not same_computation(none, _with(none, "stage2.method", "crt"), 2)
+    assert not same_computation(none, _with(none, "stage2.bn", "reestimate"), 2)
+    _, tau = row_configs(t56, t56.row("CBEN + tau-normalization"), 100, 0)
+    assert same_computation(tau, _with(tau, "stage2.epochs", 3), 2)
+    assert not same_computation(tau, _with(tau, "stage2.tau", 0.5), 2)
+    _, crt = row_configs(t56, t56.row("CBEN + cRT"), 100, 0)
+    assert not same_computation(crt, _with(crt, "stage2.lr", 0.5), 2)
 
 
 def test_key_rows_mean_std_diff_and_two_stage_wall_time(tmp_path):
