@@ -438,12 +438,13 @@ PROFILE_KINDS = (("convolution", ("convolution", "conv2d", "conv_depthwise")),
                  ("batch norm", ("batch_norm",)),
                  ("activation", ("relu", "clamp_min", "threshold")),
                  ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")))
+PROFILE_OTHER_KIND = "elementwise / other"
 PROFILE_PHASES = ("forward", "backward", "optimizer", "other")
 
 
 def profile_kind(name: str) -> str:
-    """The kind of a profiled operator by its name (``elementwise / other`` when none matches)."""
-    return next((kind for kind, keys in PROFILE_KINDS if any(k in name for k in keys)), "elementwise / other")
+    """The kind of a profiled operator by its name (:data:`PROFILE_OTHER_KIND` when none matches)."""
+    return next((kind for kind, keys in PROFILE_KINDS if any(k in name for k in keys)), PROFILE_OTHER_KIND)
 
 
 def profile_phase(event) -> str:
@@ -454,7 +455,7 @@ def profile_phase(event) -> str:
     while e is not None:
         if e.name.startswith("Optimizer."):
             return "optimizer"
-        if e.name.startswith("autograd::engine") or e.name.endswith("Backward0") or e.name.endswith("Backward1"):
+        if e.name.startswith("autograd::engine"):
             return "backward"
         if e.name == "longtail::forward":
             return "forward"
@@ -464,8 +465,7 @@ def profile_phase(event) -> str:
 
 def profile_table(events) -> dict:
     """Self CPU microseconds of ``events`` summed by ``[kind][phase]`` (each event counted once)."""
-    table = {kind: dict.fromkeys(PROFILE_PHASES, 0.0) for kind, _ in PROFILE_KINDS}
-    table["elementwise / other"] = dict.fromkeys(PROFILE_PHASES, 0.0)
+    table = {kind: dict.fromkeys(PROFILE_PHASES, 0.0) for kind in [k for k, _ in PROFILE_KINDS] + [PROFILE_OTHER_KIND]}
     for e in events:
         if e.name.startswith(("aten::", "mkldnn::", "onednn::")):
             table[profile_kind(e.name)][profile_phase(e)] += float(e.self_cpu_time_total)
@@ -480,16 +480,12 @@ def part_profile(args, base: list[str], device: torch.device, log: Callable) -> 
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from longtail.engine.loaders import make_train_loader
-    from longtail.engine.step import MixupSchedule, TrainStep
-    from longtail.engine.trainer import make_optimizer
+    from longtail.engine.trainer import make_train_steps
 
     cfg = load_config(args.recipe, base + ["quiet=true", "tensorboard=false"])
     seed_everything(int(cfg["seed"]))
     run = build(cfg)
-    optimizer = make_optimizer(run.model.parameters(), cfg["optim"], device, False, float(cfg["optim"]["lr"]))
-    alpha = float(cfg["mixup"]["alpha"])
-    step = TrainStep(run.model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype,
-                     mixup=MixupSchedule(alpha, device) if alpha > 0 else None)
+    step, _ = make_train_steps(run, list(run.model.parameters()), cfg["optim"], float(cfg["mixup"]["alpha"]))
     forward = run.model.forward
 
     def traced(*a, **kw):
@@ -502,6 +498,8 @@ def part_profile(args, base: list[str], device: torch.device, log: Callable) -> 
     def endless():  # a small training set has fewer batches than the steps asked for
         for epoch in range(int(cfg["optim"]["epochs"])):
             loader.set_epoch(epoch)
+            if step.mixup is not None:  # the epoch's mixup coefficients, as fit draws them
+                step.mixup.start_epoch(len(loader))
             yield from loader
         raise RuntimeError("(h): more profiled steps than the whole schedule has")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import load_config
+from .engine.stage2 import UNTRAINED_STAGE2
 from .errors import DataError, LongTailError
 from .report import DEFAULT_METRICS, aggregate, load_runs
 from .reproduce import BENIGN_PREFIXES
@@ -39,11 +40,6 @@ SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json")
 
 #: Config keys (dotted prefixes) that never decide whether a run matches a row.
 IGNORED_KEYS = ("name", "output_dir", "quiet", "seed", "stage2.cache_features") + tuple(BENIGN_PREFIXES)
-
-#: Stage-2 methods that train nothing, with the only ``stage2`` keys that decide what they compute
-#: (their lr, epochs, sampler, loss ... are never used).
-UNTRAINED_STAGE2 = {"none": ("stage2.method", "stage2.bn"),
-                    "tau_norm": ("stage2.method", "stage2.bn", "stage2.tau", "stage2.tau_grid")}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ from .loops import evaluate
 from .trainer import finish, fit, make_run_dir
 
 METHODS = ("crt", "lws", "tau_norm", "none")
+#: The methods that train nothing, with the only ``stage2`` keys that decide what they compute
+#: (their lr, epochs, sampler, loss ... are never used).
+UNTRAINED_STAGE2 = {"none": ("stage2.method", "stage2.bn"),
+                    "tau_norm": ("stage2.method", "stage2.bn", "stage2.tau", "stage2.tau_grid")}
 
 
 def load_stage1(stage1_dir: Path) -> tuple[dict, dict]:

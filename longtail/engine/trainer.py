@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from .runlog import (EpochLog, command_line, default_run_name, git_commit, lock_
 from .schedule import lr_at
 from .step import MixupSchedule, TrainStep
 
-__all__ = ["fit", "train", "finish", "make_run_dir", "make_optimizer", "set_lr", "eval_every"]
+__all__ = ["fit", "train", "finish", "make_run_dir", "make_optimizer", "make_train_steps", "set_lr", "eval_every"]
 
 
 def eval_every(every, device: torch.device, epochs: int) -> int:
@@ -77,6 +77,29 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
+def make_train_steps(run: Run, params, optim_cfg: dict, mixup_alpha: float = 0.0,
+                     train_model: Optional[nn.Module] = None) -> Tuple[TrainStep, Optional[TrainStep]]:
+    """The training step of a stage as :func:`fit` runs it, and its mixup-free twin (None without mixup).
+
+    The optimizer (fused / graph-capturable where the config asks), mixup, DDP, ``compile`` and CUDA
+    graph capture are chosen here from ``run.cfg``; the step holds the optimizer (``step.optimizer``).
+    """
+    cfg, device = run.cfg, run.device
+    fused = auto_flag(cfg["fused_optimizer"], device.type == "cuda")
+    graph = auto_flag(cfg["cuda_graph"], device.type == "cuda" and not run.dist.enabled)
+    optimizer = make_optimizer(params, optim_cfg, device, fused or graph, lr_at(0, optim_cfg))
+    mix = MixupSchedule(mixup_alpha, device) if mixup_alpha > 0 else None
+    model = run.model if train_model is None else train_model
+    if run.dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+    if cfg["compile"]:
+        model = torch.compile(model)
+    step = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=mix, cuda_graph=graph)
+    no_mix = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=None, cuda_graph=graph) if mix else None
+    return step, no_mix
+
+
 def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, mixup_alpha: float = 0.0,
         mixup_until: Optional[int] = None, stage: int = 1, start_ckpt: Optional[dict] = None,
         batch_size: Optional[int] = None, loader=None, train_model: Optional[nn.Module] = None) -> dict:
@@ -91,20 +114,10 @@ def fit(run: Run, run_dir: Path, *, params, optim_cfg: dict, sampler_cfg: dict, 
     epochs = int(optim_cfg["epochs"])
     seed = int(cfg["seed"])
     main = run.dist.is_main
-    fused = auto_flag(cfg["fused_optimizer"], device.type == "cuda")
-    graph = auto_flag(cfg["cuda_graph"], device.type == "cuda" and not run.dist.enabled)
-    optimizer = make_optimizer(params, optim_cfg, device, fused or graph, lr_at(0, optim_cfg))
+    step, no_mix = make_train_steps(run, params, optim_cfg, mixup_alpha, train_model)
+    optimizer, mix = step.optimizer, step.mixup
     if loader is None:
         loader = make_train_loader(run, sampler_cfg, epochs, seed, batch_size)
-    mix = MixupSchedule(mixup_alpha, device) if mixup_alpha > 0 else None
-    model = run.model if train_model is None else train_model
-    if run.dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None)
-    if cfg["compile"]:
-        model = torch.compile(model)
-    step = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=mix, cuda_graph=graph)
-    no_mix = TrainStep(model, run.loss_fn, optimizer, amp_dtype=run.amp_dtype, mixup=None, cuda_graph=graph) if mix else None
     start = 0
     if start_ckpt is not None:
         lrs = [g["lr"] for g in optimizer.param_groups]
