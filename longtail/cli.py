@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", default="auto",
                     help="runs at once: N, or auto (default: one single-threaded run per core on a CPU-only "
                          "machine, 1 on a GPU; see longtail.jobs)")
+    rp.add_argument("--rows", nargs="+", metavar="PATTERN",
+                    help="train only the rows whose label matches (the whole label or a shell-style pattern, "
+                         "e.g. 'GCL*'; case-insensitive); the table still shows every row's finished runs")
     rp.add_argument("--dry-run", action="store_true", help="print the commands only")
     rp.set_defaults(func=cmd_reproduce)
     return p

@@ -29,6 +29,9 @@ How the runs are organised:
   ``loss.params.drw_epoch``, ``mixup.until_epoch``) are scaled by the same factor, so that a
   short run still switches on GA / DRW / the lr steps (a key overridden explicitly is left as
   given); the scaled values appear in the printed commands and the table header.
+* ``--rows PATTERN ...`` trains only the runs of the rows whose label matches a pattern (the whole
+  label or a shell-style pattern such as ``'GCL*'``, case-insensitive); the table still shows every
+  row, each with whatever has finished in ``--out``.
 * The published numbers are CIFAR-10-LT top-1 accuracies (ResNet-32). When the runs use other
   data (the synthetic set) or overrides that change the published recipe, the table says so in
   its header and shows ``n/c`` (not comparable) instead of the difference.
@@ -39,6 +42,7 @@ data, in :mod:`longtail.thesis_tables`; measured numbers are averaged over seeds
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -54,7 +58,7 @@ from .jobs import Job, job_state, resolve_jobs, run_jobs
 from .report import DEFAULT_METRICS, aggregate, read_metrics
 from .thesis_tables import PUBLISHED_DATA, TABLES, Table, get_table
 
-__all__ = ["BENIGN_PREFIXES", "Plan", "plan", "comparability", "summarize_plan", "format_markdown", "format_list",
+__all__ = ["BENIGN_PREFIXES", "Plan", "plan", "select_rows", "comparability", "summarize_plan", "format_markdown", "format_list",
            "make_figures", "main"]
 
 #: Override keys that do not change what a run computes (only where or how fast it runs).
@@ -138,8 +142,29 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._" else "-" for c in text).strip("-")
 
 
+def select_rows(table: Table, patterns: Sequence[str]) -> List[int]:
+    """Indices of the rows whose label matches one of ``patterns``, in table order.
+
+    A pattern matches a label when it equals it or matches it as a shell-style pattern
+    (:mod:`fnmatch`: ``*``, ``?``, ``[...]``), case-insensitively.
+
+    Raises:
+        ConfigError: A pattern that matches no row (the message lists the table's row labels).
+    """
+    labels = [r.label for r in table.rows]
+    chosen = set()
+    for pat in patterns:
+        hits = {i for i, lbl in enumerate(labels)
+                if lbl.casefold() == pat.casefold() or fnmatch.fnmatchcase(lbl.casefold(), pat.casefold())}
+        if not hits:
+            raise ConfigError(f"reproduce: --rows {pat!r} matches no row of Table {table.id}; its rows: "
+                              + "; ".join(repr(lbl) for lbl in labels))
+        chosen |= hits
+    return sorted(chosen)
+
+
 def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], overrides: Sequence[str],
-         out: Path) -> Plan:
+         out: Path, rows: Optional[Sequence[str]] = None) -> Plan:
     """Resolve every run of a table: folders, commands and what is already finished.
 
     Args:
@@ -148,13 +173,18 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
         rhos: Imbalance ratios (None: those the table reports).
         overrides: User overrides, applied to every run.
         out: Output folder.
+        rows: Label patterns (see :func:`select_rows`): only the runs these rows need are jobs.
+            Every row keeps its cells, so the table shows what has finished in ``out`` for all
+            rows. None: every row.
 
     Returns:
         The :class:`Plan`.
 
     Raises:
-        ConfigError: A bad override (unknown key, wrong type) or an override reproduce sets itself.
+        ConfigError: A bad override (unknown key, wrong type), an override reproduce sets itself,
+            or a row pattern that matches no row.
     """
+    selected = None if rows is None else select_rows(table, rows)
     user = _check_user_overrides(overrides)
     user_s2 = [o for o in user if _override_key(o).startswith("stage2.")]
     user_s1 = [o for o in user if not _override_key(o).startswith("stage2.")]
@@ -206,6 +236,9 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
                 cell.append(dir2)
             p.cells[(rho, ri)] = cell
             p.stage1[(rho, ri)] = s1cells
+    if selected is not None:
+        needed = {d for rho in rhos for ri in selected for d in p.cells[(rho, ri)] + p.stage1[(rho, ri)]}
+        jobs = {d: j for d, j in jobs.items() if d in needed}
     ordered = [j for j in jobs.values() if j.stage == 1] + [j for j in jobs.values() if j.stage == 2]
     p.jobs = ordered
     return p
@@ -426,7 +459,8 @@ def main(args) -> int:
     Args:
         args: Namespace with ``table`` (id or ``list``), ``overrides`` (``key=value`` list),
             ``seeds`` (ints), ``rho`` (ints or None: the table's), ``out`` (folder), ``jobs``
-            (processes at once) and ``dry_run`` (print the commands only).
+            (processes at once), ``rows`` (label patterns: train only these rows; None: all) and
+            ``dry_run`` (print the commands only).
 
     Returns:
         0 when every run finished, 1 when some failed (the table is written anyway).
@@ -437,7 +471,7 @@ def main(args) -> int:
     table = get_table(args.table)
     out = Path(args.out)
     t0 = time.perf_counter()
-    p = plan(table, args.seeds, args.rho, list(args.overrides or []), out)
+    p = plan(table, args.seeds, args.rho, list(args.overrides or []), out, rows=getattr(args, "rows", None))
     if args.dry_run:
         n_done = sum(j.state == "done" for j in p.jobs)
         print(f"# Table {table.id}: {len(p.jobs)} runs ({n_done} finished, reused); "

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
 from longtail.config import load_config, recipe_path
 from longtail.errors import ConfigError
-from longtail.reproduce import comparability, format_list, main, plan
+from longtail.reproduce import comparability, format_list, main, plan, summarize_plan
 from longtail.thesis_tables import TABLES, get_table
 
 # Published CIFAR-10-LT top-1 (%) as printed in each thesis table (Tables 3.2 / 3.4 print the
@@ -39,7 +41,7 @@ EXPECTED = {
             "CBEN + tau-normalization": {100: 82.16}, "CBEN + cRT": {100: 82.68}},
     # the key rows (issue: measured, not promised): the issue's numbers, each from its chapter's table
     "key": {"CE": {100: 70.70}, "LDAM-DRW": {100: 77.03}, "KPS with GA (batch 64)": {100: 81.23},
-            "FBL": {100: 82.46}, "GCL stage 1 only": {100: 80.52}, "GCL + CBEN + cRT": {100: 82.68},
+            "FBL": {100: 82.46}, "FBL, batch 64 (section 4.4.1.2)": {100: 82.46}, "GCL stage 1 only": {100: 80.52}, "GCL + CBEN + cRT": {100: 82.68},
             "GCL + CBEN + cRT, classifier lr 0.008": {100: 82.68},
             "GCL stage 1 only, authors' code schedule": {100: 80.52},
             "GCL + CBEN + cRT, authors' code schedule": {100: 82.68}},
@@ -331,20 +333,64 @@ def test_key_rows_run_what_their_chapter_tables_run(tmp_path):
     s1 = [j for j in p.jobs if j.stage == 1]
     # one GCL stage-1 run for the three recipe-schedule GCL rows, one for the two code-schedule rows
     assert [j.argv[1] for j in s1] == ["cifar10_lt/ce", "cifar10_lt/ldam_drw", "cifar10_lt/kps_ga", "cifar10_lt/fbl",
-                                       "cifar10_lt/gcl", "cifar10_lt/gcl"]
+                                       "cifar10_lt/fbl", "cifar10_lt/gcl", "cifar10_lt/gcl"]
     kps = " ".join(s1[2].argv)
     assert "data.batch_size=64" in kps and "data.batch_size=64" not in " ".join(s1[0].argv)
-    code = " ".join(s1[5].argv)
+    # FBL at Table 4.1's batch 128 (the recipe) and at section 4.4.1.2's 64
+    assert "data.batch_size" not in " ".join(s1[3].argv) and "data.batch_size=64" in " ".join(s1[4].argv)
+    code = " ".join(s1[6].argv)
     assert "data.batch_size=64" in code and "optim.milestone_factors=[0.1,0.01]" in code
-    assert "milestone_factors" not in " ".join(s1[4].argv)
+    assert "milestone_factors" not in " ".join(s1[5].argv)
     s2 = [j for j in p.jobs if j.stage == 2]
     assert len(s2) == 5 and sum("stage2.lr=0.008" in " ".join(j.argv) for j in s2) == 1
-    assert sum(str(s1[5].run_dir) in " ".join(j.argv) for j in s2) == 2  # none (stage 1 only) and cRT
+    assert sum(str(s1[6].run_dir) in " ".join(j.argv) for j in s2) == 2  # none (stage 1 only) and cRT
     # the same stage-1 folders as the chapter tables' own plans: runs are shared, not re-trained
     p56 = plan(TABLES["5.6"], [0], [100], ["data.root=/d"], tmp_path)
     p32 = plan(TABLES["3.2"], [0], [100], ["data.root=/d"], tmp_path)
-    assert s1[4].run_dir == p56.jobs[0].run_dir
+    assert s1[5].run_dir == p56.jobs[0].run_dir
     assert s1[2].run_dir == next(j.run_dir for j in p32.jobs if j.argv[1] == "cifar10_lt/kps_ga")
+
+
+def test_rows_limits_the_jobs_to_the_selected_rows(tmp_path):
+    """--rows trains only what the matching rows need (their stage 1 included); every row keeps its
+    cells, so the table reports what has finished for all rows."""
+    full = plan(TABLES["key"], [0], [100], ["data.root=/d"], tmp_path)
+    by_label = {row.label: ri for ri, row in enumerate(TABLES["key"].rows)}
+
+    def dirs(p):
+        return [j.run_dir for j in p.jobs]
+
+    one = plan(TABLES["key"], [0], [100], ["data.root=/d"], tmp_path, rows=["gcl + cben + crt"])  # any case
+    ri = by_label["GCL + CBEN + cRT"]
+    assert dirs(one) == full.stage1[(100, ri)] + full.cells[(100, ri)]
+    assert one.cells == full.cells and one.stage1 == full.stage1
+    # a shell-style pattern; the two code-schedule rows share one stage-1 run
+    code = plan(TABLES["key"], [0], [100], ["data.root=/d"], tmp_path, rows=["*authors' code schedule"])
+    assert [j.stage for j in code.jobs] == [1, 2, 2]
+    assert all("optim.milestone_factors=[0.1,0.01]" in " ".join(j.argv) for j in code.jobs[:1])
+    assert {j.depends for j in code.jobs[1:]} == {code.jobs[0].run_dir}
+    # several patterns: the union, in the full plan's order
+    two = plan(TABLES["key"], [0], [100], ["data.root=/d"], tmp_path, rows=["FBL*", "CE"])
+    assert dirs(two) == [d for d in dirs(full) if d in set(dirs(two))]
+    assert [j.argv[1] for j in two.jobs] == ["cifar10_lt/ce", "cifar10_lt/fbl", "cifar10_lt/fbl"]
+    assert summarize_plan(two)[by_label["LDAM-DRW"]]["failures"] == ["not run"]
+
+
+def test_rows_that_match_nothing_name_the_pattern_and_the_rows(tmp_path):
+    with pytest.raises(ConfigError, match=r"--rows 'KPS alone' matches no row of Table key; its rows: 'CE'; "):
+        plan(TABLES["key"], [0], [100], [], tmp_path, rows=["CE", "KPS alone"])
+    r = subprocess.run([sys.executable, "-m", "longtail", "reproduce", "key", "--rows", "nope", "--dry-run"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--rows 'nope' matches no row" in r.stderr
+
+
+def test_cli_rows_dry_run_prints_only_the_selected_commands(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "longtail", "reproduce", "5.6", "data.root=/d", "--seeds", "0",
+                        "--out", str(tmp_path), "--rows", "CBEN + LWS", "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    commands = [ln for ln in r.stdout.splitlines() if not ln.startswith("#")]
+    assert len(commands) == 2 and "train cifar10_lt/gcl" in commands[0] and "stage2.method=lws" in commands[1]
+    assert r.stdout.startswith("# Table 5.6: 2 runs (0 finished, reused)")
 
 
 # ---------------------------------------------------------------------------------------------
