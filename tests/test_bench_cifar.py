@@ -108,3 +108,17 @@ def test_profile_table_sums_self_time_by_kind_and_phase():
     assert table["matmul"]["forward"] == 640.0
     assert table["elementwise / other"] == {"forward": 0.0, "backward": 0.0, "optimizer": 320.0, "other": 1280.0}
     assert sum(sum(v.values()) for v in table.values()) == 10 + 20 + 40.5 + 80 + 160 + 320 + 640 + 1280
+
+
+def test_concurrency_section_compares_the_machine_with_the_plain_loop():
+    """(f) shows each setting's training images/s against (a)'s, and leaves the column out without (a)."""
+    bench = _load()
+    conc = {"one_run_threads": 2, "one_run_images_per_second": 500.0, "concurrent_runs": 2,
+            "concurrent_images_per_second": [290.0, 310.0], "aggregate_images_per_second": 600.0,
+            "ratio": 1.2, "better": "concurrent"}
+    lines = bench.cpu_sections({"results": {"concurrency": conc, "conventional": {"images_per_second": 250.0}}})
+    assert "| setting | images/s (training) | vs (a) |" in lines
+    assert "| 1 run x 2 threads | 500 | 2.00x |" in lines
+    assert "| 2 runs x 1 thread, at once | 290 + 310 = 600 | 2.40x |" in lines
+    alone = bench.cpu_sections({"results": {"concurrency": conc}})
+    assert "| 1 run x 2 threads | 500 |" in alone and not any("vs (a)" in ln for ln in alone)
