@@ -14,7 +14,8 @@ configuration is the row's published recipe, and prints the thesis number, the m
 std over seeds (:func:`longtail.report.aggregate`), the difference, many / medium / few, the
 machine, the precision, the wall time and the command. A run matches a row when its ``config.yaml`` equals the config ``longtail reproduce``
 resolves for that row, rho and seed, except for keys that do not change what is computed (where
-the data lies, precision, evaluation frequency: :data:`longtail.reproduce.BENIGN_PREFIXES`).
+the data lies, precision, evaluation frequency: :data:`longtail.reproduce.BENIGN_PREFIXES`); a
+row that sets the precision itself (``amp=none``) takes only runs trained in it.
 Hand-written findings (why a row misses) live in ``results/notes.md`` and are included verbatim.
 """
 from __future__ import annotations
@@ -40,6 +41,10 @@ SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json")
 
 #: Config keys (dotted prefixes) that never decide whether a run matches a row.
 IGNORED_KEYS = ("name", "output_dir", "quiet", "seed", "stage2.cache_features") + tuple(BENIGN_PREFIXES)
+
+#: Left-out keys that do change the numbers a little (the precision): they decide a match where a
+#: row sets them itself, and otherwise rank the runs that match (:func:`find_runs`).
+PRECISION_KEYS = ("amp",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,25 +106,46 @@ def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
 def _ignored(key: str, stage: int) -> bool:
     if stage == 1 and key.startswith("stage2."):
         return True
-    return any(key == p or key.startswith(p + ".") for p in IGNORED_KEYS)
+    return _under(key, IGNORED_KEYS)
 
 
-def same_computation(expected: dict, saved: dict, stage: int) -> bool:
+def same_computation(expected: dict, saved: dict, stage: int, significant: Sequence[str] = ()) -> bool:
     """Whether a saved run config computes what ``expected`` computes.
 
     Keys that only say where or how fast a run goes (:data:`IGNORED_KEYS`) are left out, and so is
     the ``stage2`` block of a stage-1 run, and the training settings of a stage-2 method that trains
     nothing (:data:`UNTRAINED_STAGE2`). Keys present on one side only (a setting added to or removed
-    from the schema since the run) are left out as well.
+    from the schema since the run) are left out as well. Keys under a prefix in ``significant`` are
+    compared even where they would be left out (a row that sets ``amp=none`` measures fp32).
     """
     a, b = _flat(expected), _flat(saved)
     kept = UNTRAINED_STAGE2.get(a.get("stage2.method")) if stage == 2 else None
     for key in a.keys() & b.keys():
-        if _ignored(key, stage) or (kept and key.startswith("stage2.") and key not in kept):
+        left_out = _ignored(key, stage) or (kept and key.startswith("stage2.") and key not in kept)
+        if left_out and not _under(key, significant):
             continue
         if a[key] != b[key]:
             return False
     return True
+
+
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _row_precision(table: Table, row: Row) -> Tuple[str, ...]:
+    """The precision keys (:data:`PRECISION_KEYS`) the table or the row sets itself: a row that sets
+    ``amp=none`` measures float32 and matches float32 runs only."""
+    keys = [o.split("=", 1)[0].strip() for o in tuple(table.overrides) + tuple(row.overrides) + tuple(row.stage2 or ())]
+    return tuple(k for k in keys if _under(k, PRECISION_KEYS))
+
+
+def _agreement(expected: dict, run: dict) -> int:
+    """How many precision keys a run shares with ``expected``: among the runs that match a row and
+    seed, one trained in the row's own precision (``amp: auto`` where the row does not set it) is
+    taken before one trained in another."""
+    a, b = _flat(expected), _flat(run["config"])
+    return sum(a[k] == b[k] for k in a.keys() & b.keys() if _under(k, PRECISION_KEYS))
 
 
 def row_configs(table: Table, row: Row, rho: int, seed: int, stage2: Sequence[str] = ()) -> Tuple[dict, Optional[dict]]:
@@ -141,10 +167,12 @@ def find_runs(runs: Sequence[dict], table: Table, row: Row, rho: int,
 
     Returns:
         ``(run, its stage-1 run or None)`` per seed, by seed; for a one-stage row the run is the
-        stage-1 run and the second item is None. Where several runs match one seed, the first by
-        path is used.
+        stage-1 run and the second item is None. Precision (``amp``) does not decide a match unless
+        the row sets it; where several runs match one seed, the first in the row's own precision
+        is used, then the first by path.
     """
     seeds = sorted({int(r["metrics"].get("seed", r["config"].get("seed", -1))) for r in runs})
+    own = _row_precision(table, row)
     out = []
     for seed in seeds:
         if seed < 0:
@@ -154,13 +182,15 @@ def find_runs(runs: Sequence[dict], table: Table, row: Row, rho: int,
         cands = [r for r in runs if int(r["metrics"].get("stage", 1)) == want_stage
                  and int(r["metrics"].get("seed", r["config"].get("seed", -1))) == seed]
         stage1 = [r for r in runs if int(r["metrics"].get("stage", 1)) == 1 and r["config"].get("seed") == seed
-                  and same_computation(cfg1, r["config"], 1)]
+                  and same_computation(cfg1, r["config"], 1, own)]
+        stage1.sort(key=lambda r: -_agreement(cfg1, r))  # stable: by path among equals
         if cfg2 is None:
             match = stage1[:1]
             if match:
                 out.append((match[0], None))
             continue
-        match = [r for r in cands if same_computation(cfg2, r["config"], 2)]
+        match = sorted((r for r in cands if same_computation(cfg2, r["config"], 2, own)),
+                       key=lambda r: -_agreement(cfg2, r))
         if match:
             parent = _stage1_of(match[0], stage1)
             out.append((match[0], parent))

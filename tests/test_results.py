@@ -12,6 +12,7 @@ import pytest
 from longtail.config import save_config
 from longtail.errors import DataError
 from longtail.results import collect, find_runs, format_page, key_rows_summary, load_sources, row_configs, same_computation
+from longtail.report import load_runs
 from longtail.thesis_tables import KEY_TABLE, TABLES
 
 
@@ -61,6 +62,32 @@ def test_same_computation_ignores_location_and_precision_but_not_the_recipe():
     assert not same_computation(tau, _with(tau, "stage2.tau", 0.5), 2)
     _, crt = row_configs(t56, t56.row("CBEN + cRT"), 100, 0)
     assert not same_computation(crt, _with(crt, "stage2.lr", 0.5), 2)
+
+
+def test_a_row_that_sets_the_precision_takes_only_runs_in_it_and_others_prefer_their_own(tmp_path):
+    """``amp`` does not decide a match, except for a row that sets it ("CE, fp32 (amp=none)"); where
+    a bf16 and an fp32 run of one seed both match the CE row, the recipe's own ``amp: auto`` is shown,
+    whichever folder sorts first."""
+    t52 = TABLES["5.2"]
+    cfg, _ = row_configs(t52, t52.row("CE"), 100, 0)
+    assert cfg["amp"] == "auto"
+    fp32 = _with(cfg, "amp", "none")
+    ce, ce32 = KEY_TABLE.row("CE"), KEY_TABLE.row("CE, fp32 (amp=none)")
+    runs = tmp_path / "runs"
+    _write_run(runs / "a-ce-fp32-seed0", fp32, _metrics(0, 67.0, precision="fp32"))  # sorts first
+    _write_run(runs / "b-ce-seed0", cfg, _metrics(0, 65.0))
+    loaded = load_runs(runs)
+    assert [r["path"] for r in loaded] == sorted(r["path"] for r in loaded)
+    assert [m[0]["metrics"]["top1"] for m in find_runs(loaded, KEY_TABLE, ce, 100)] == [65.0]
+    assert [m[0]["metrics"]["top1"] for m in find_runs(loaded, KEY_TABLE, ce32, 100)] == [67.0]
+    # without a float32 run the fp32 row is empty; without a bf16 run CE shows the fp32 one (labelled)
+    bf16_only = [r for r in loaded if r["config"]["amp"] == "auto"]
+    assert find_runs(bf16_only, KEY_TABLE, ce32, 100) == []
+    fp32_only = [r for r in loaded if r["config"]["amp"] == "none"]
+    assert [m[0]["metrics"]["precision"] for m in find_runs(fp32_only, KEY_TABLE, ce, 100)] == ["fp32"]
+    # a row's own precision decides a match; another key the row does not set still does not
+    assert not same_computation(fp32, cfg, 1, ("amp",)) and same_computation(fp32, cfg, 1)
+    assert same_computation(fp32, _with(fp32, "eval.every", 7), 1, ("amp",))
 
 
 def test_key_rows_mean_std_diff_and_two_stage_wall_time(tmp_path):
