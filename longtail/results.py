@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import load_config
+from .config import load_config, parse_override
 from .engine.stage2 import UNTRAINED_STAGE2
 from .errors import DataError, LongTailError
 from .report import DEFAULT_METRICS, aggregate, load_runs
@@ -136,7 +136,7 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
 def _row_precision(table: Table, row: Row) -> Tuple[str, ...]:
     """The precision keys (:data:`PRECISION_KEYS`) the table or the row sets itself: a row that sets
     ``amp=none`` measures float32 and matches float32 runs only."""
-    keys = [o.split("=", 1)[0].strip() for o in tuple(table.overrides) + tuple(row.overrides) + tuple(row.stage2 or ())]
+    keys = [parse_override(o)[0] for o in tuple(table.overrides) + tuple(row.overrides) + tuple(row.stage2 or ())]
     return tuple(k for k in keys if _under(k, PRECISION_KEYS))
 
 
