@@ -124,8 +124,14 @@ def recipe_path(name: str) -> Path:
     raise ConfigError(f"unknown recipe '{name}'; valid recipes: {', '.join(list_recipes())}")
 
 
+def key_under(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether the dotted ``key`` is one of ``prefixes`` or lies under one (``"loss.params.A"`` is
+    under ``"loss"`` and ``"loss.params"``, not under ``"lo"``)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def _is_free(path: str) -> bool:
-    return any(path == f or path.startswith(f + ".") for f in FREE_FORM)
+    return key_under(path, FREE_FORM)
 
 
 def _type_ok(default: Any, value: Any) -> bool:

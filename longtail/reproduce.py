@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .config import EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, load_config, parse_override, scaled_epoch_overrides
+from .config import (EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, key_under, load_config, parse_override,
+                     scaled_epoch_overrides)
 from .errors import ConfigError, DataError
 from .jobs import Job, job_state, resolve_jobs, run_jobs
 from .report import DEFAULT_METRICS, aggregate, read_metrics
@@ -257,7 +258,7 @@ def comparability(data_name: str, overrides: Sequence[str]) -> Tuple[bool, List[
     """Whether measured numbers are comparable with the published ones, and the overrides that
     change the published recipe."""
     changing = [o for o in overrides
-                if not any(_override_key(o) == b or _override_key(o).startswith(b + ".") for b in BENIGN_PREFIXES)]
+                if not key_under(_override_key(o), BENIGN_PREFIXES)]
     return data_name == PUBLISHED_DATA and not changing, changing
 
 

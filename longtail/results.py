@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import load_config, parse_override
+from .config import key_under, load_config, parse_override
 from .engine.stage2 import UNTRAINED_STAGE2
 from .errors import DataError, LongTailError
 from .report import DEFAULT_METRICS, aggregate, load_runs
@@ -106,7 +106,7 @@ def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
 def _ignored(key: str, stage: int) -> bool:
     if stage == 1 and key.startswith("stage2."):
         return True
-    return _under(key, IGNORED_KEYS)
+    return key_under(key, IGNORED_KEYS)
 
 
 def same_computation(expected: dict, saved: dict, stage: int, significant: Sequence[str] = ()) -> bool:
@@ -122,22 +122,18 @@ def same_computation(expected: dict, saved: dict, stage: int, significant: Seque
     kept = UNTRAINED_STAGE2.get(a.get("stage2.method")) if stage == 2 else None
     for key in a.keys() & b.keys():
         left_out = _ignored(key, stage) or (kept and key.startswith("stage2.") and key not in kept)
-        if left_out and not _under(key, significant):
+        if left_out and not key_under(key, significant):
             continue
         if a[key] != b[key]:
             return False
     return True
 
 
-def _under(key: str, prefixes: Sequence[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
 def _row_precision(table: Table, row: Row) -> Tuple[str, ...]:
     """The precision keys (:data:`PRECISION_KEYS`) the table or the row sets itself: a row that sets
     ``amp=none`` measures float32 and matches float32 runs only."""
     keys = [parse_override(o)[0] for o in tuple(table.overrides) + tuple(row.overrides) + tuple(row.stage2 or ())]
-    return tuple(k for k in keys if _under(k, PRECISION_KEYS))
+    return tuple(k for k in keys if key_under(k, PRECISION_KEYS))
 
 
 def _agreement(expected: dict, run: dict) -> int:
@@ -145,7 +141,7 @@ def _agreement(expected: dict, run: dict) -> int:
     seed, one trained in the row's own precision (``amp: auto`` where the row does not set it) is
     taken before one trained in another."""
     a, b = _flat(expected), _flat(run["config"])
-    return sum(a[k] == b[k] for k in a.keys() & b.keys() if _under(k, PRECISION_KEYS))
+    return sum(a[k] == b[k] for k in a.keys() & b.keys() if key_under(k, PRECISION_KEYS))
 
 
 def row_configs(table: Table, row: Row, rho: int, seed: int, stage2: Sequence[str] = ()) -> Tuple[dict, Optional[dict]]:

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from longtail.config import list_recipes, load_config, parse_override, recipe_path
+from longtail.config import key_under, list_recipes, load_config, parse_override, recipe_path
 from longtail.errors import ConfigError
 
 
@@ -76,3 +76,16 @@ def test_every_recipe_resolves():
     for n in names:
         assert recipe_path(n).exists()
         load_config(n)
+
+
+@pytest.mark.parametrize("key, prefixes, under", [
+    ("loss.params.A", ["loss"], True),
+    ("loss.params.A", ["loss.params"], True),
+    ("loss.params.A", ["loss.params.A"], True),
+    ("loss.params.A", ["lo", "loss.par"], False),  # a dotted prefix is a whole segment, not a string prefix
+    ("lossy", ["loss"], False),
+    ("amp", ["data", "amp"], True),
+    ("amp", [], False),
+])
+def test_key_under_matches_whole_dotted_segments(key, prefixes, under):
+    assert key_under(key, prefixes) is under
