@@ -223,6 +223,18 @@ def test_freeze_option_keeps_only_layer4_trainable(resnet50_weights):
         build_model("resnet50", "linear", 4, freeze=["layer9"])
 
 
+def test_freeze_backbone_trainable_names_match_whole_module_names():
+    # ResNet-152's layer3 has 36 blocks: "layer3.1" must not also free "layer3.10" ... "layer3.19"
+    model = build_model("resnet152", "linear", 4)
+    model.freeze_backbone(trainable=["layer3.1"])
+    model.train()
+    free = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert free and free == {n for n, _ in model.backbone.named_parameters() if n.startswith("layer3.1.")}
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.training == name.startswith("layer3.1."), name
+
+
 # --------------------------------------------------------------------------------------------
 # heads
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Union
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..config import key_under
 from ..errors import ConfigError
 from ..registry import Registry
 from .heads import CosineHead, LinearHead, LWSHead
@@ -144,7 +145,7 @@ class LongTailModel(nn.Module):
                 )
 
         def is_trainable(qualname: str) -> bool:
-            return any(qualname == t or qualname.startswith(t + ".") for t in trainable)
+            return key_under(qualname, trainable)
 
         for pname, p in self.backbone.named_parameters():
             p.requires_grad_(is_trainable(pname.rsplit(".", 1)[0] if "." in pname else ""))
