@@ -330,7 +330,7 @@ def format_markdown(p: Plan, summary: Sequence[dict], wall_s: Optional[float] = 
     t = p.table
     comparable, changing = comparability(p.data_name, p.user_overrides)
     lines = [f"# Table {t.id}: {t.title}", ""]
-    lines.append(f"- Published numbers: {t.source}; CIFAR-10-LT, ResNet-32, top-1 %.")
+    lines.append(f"- Published numbers: {t.source}; ResNet-32, top-1 % on the CIFAR-10 test split.")
     lines.append(f"- Measured on: data.name={p.data_name}; seeds {', '.join(map(str, p.seeds))}; "
                  f"rho {', '.join(map(str, p.rhos))}; machine: {_machine(summary)}"
                  + (f"; wall time of this command {wall_s:.0f} s" if wall_s is not None else "") + ".")
@@ -343,7 +343,7 @@ def format_markdown(p: Plan, summary: Sequence[dict], wall_s: Optional[float] = 
     for recipe, sc in p.scaled.items():
         lines.append(f"- Epoch-valued keys of {recipe} scaled to the shortened schedule: `{' '.join(sc)}`")
     if p.data_name != PUBLISHED_DATA:
-        lines.append(f"- **Not CIFAR-10-LT**: these runs use data.name={p.data_name}. The thesis column shows the "
+        lines.append(f"- **Not CIFAR-10-LT**: these runs use data.name={p.data_name}. The published column shows the "
                      f"published CIFAR-10-LT numbers for reference only; they are **not comparable** (diff: n/c).")
     else:
         if changing:
@@ -356,7 +356,7 @@ def format_markdown(p: Plan, summary: Sequence[dict], wall_s: Optional[float] = 
     lines.append("")
     for rho in p.rhos:
         lines += [f"## rho = {rho}", "",
-                  "| method | seeds | top-1 (mean ± std) | many | medium | few | thesis | diff |",
+                  "| method | seeds | top-1 (mean ± std) | many | medium | few | published | diff |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in (e for e in summary if e["rho"] == rho):
             pub = e["published"]

@@ -344,12 +344,12 @@ def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
     lines += [""] + key_notes + [""]
     if notes.strip():  # results/notes.md: findings, commands, known issues (its own headings)
         lines += [notes.strip(), ""]
-    lines += ["## Every thesis table", "",
+    lines += ["## Every table", "",
               "Cells of the registered tables (`longtail reproduce list`) with measured runs; the key rows above are",
-              "among them.", ""]
+              "among them. The published column is the number printed where the table's heading says.", ""]
     for table in (t for t in TABLES.values() if t is not KEY_TABLE):
-        lines += [f"### Table {table.id}: {table.title}", "",
-                  "| method | rho | thesis | measured top-1 | diff | many | medium | few | seeds | source |",
+        lines += [f"### Table {table.id}: {table.title}", "", f"Published: {table.source}.", "",
+                  "| method | rho | published | measured top-1 | diff | many | medium | few | seeds | source |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         any_cell = False
         for row in table.rows:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -46,6 +47,8 @@ EXPECTED = {
             "GCL + CBEN + cRT, classifier lr 0.008": {100: 82.68},
             "GCL stage 1 only, authors' code schedule": {100: 80.52},
             "GCL + CBEN + cRT, authors' code schedule": {100: 82.68}},
+    # outside the thesis: He et al. 2016, Table 6, ResNet-32 on CIFAR-10 (7.51 % error)
+    "ref": {"CE, ResNet-32, He et al. 2016 schedule": {1: 92.49}},
 }
 
 # The thesis's headline numbers (Tables 3.2, 4.2, 5.2 and the GCL ablations), per (table, row), as
@@ -120,6 +123,32 @@ def test_rhos_are_the_reported_ones():
     assert TABLES["4.2"].rhos == [100, 50]
     for tid in ("4.4", "5.4", "5.5", "5.6"):
         assert TABLES[tid].rhos == [100]
+    assert TABLES["ref"].rhos == [1]
+
+
+def test_reference_row_trains_he_et_al_schedule_on_all_of_cifar10(tmp_path):
+    """He et al. 2016, sec. 4.2: lr 0.1, /10 at 32k and 48k iterations, 64k in all, at 391 steps per
+    epoch (50,000 images, batch 128); weight decay 1e-4; no warm-up."""
+    from longtail.data.lt import long_tail_counts
+    from longtail.engine.schedule import lr_at
+
+    table = TABLES["ref"]
+    (row,) = table.rows
+    plan_ = plan(table, [0], None, ["data.root=unused"], tmp_path)
+    assert plan_.rhos == [1]
+    cfg = load_config(row.recipe, list(row.overrides) + ["data.imbalance_ratio=1"])
+    assert cfg["loss"]["name"] == "ce" and cfg["sampler"]["name"] == "instance" and cfg["mixup"]["alpha"] == 0
+    assert cfg["data"]["batch_size"] == 128 and cfg["model"]["backbone"] == "resnet32"
+    steps = math.ceil(50000 / 128)
+    assert cfg["optim"]["epochs"] == round(64000 / steps)
+    assert cfg["optim"]["weight_decay"] == 1e-4
+    for k, iters in enumerate((32000, 48000)):  # each lr step at the epoch its iteration falls in
+        assert cfg["optim"]["milestones"][k] == math.ceil(iters / steps)
+    lrs = [lr_at(e, cfg["optim"]) for e in range(cfg["optim"]["epochs"])]
+    assert lrs[0] == 0.1 and lrs[81] == 0.1
+    assert lrs[82] == pytest.approx(0.01) and lrs[122] == pytest.approx(0.01)
+    assert lrs[123] == pytest.approx(0.001) and lrs[-1] == pytest.approx(0.001)
+    assert long_tail_counts(5000, 10, 1) == [5000] * 10
 
 
 @pytest.mark.parametrize("tid", sorted(EXPECTED))
