@@ -346,7 +346,7 @@ def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
         lines += [notes.strip(), ""]
     lines += ["## Every table", "",
               "Cells of the registered tables (`longtail reproduce list`) with measured runs; the key rows above are",
-              "among them. The published column is the number printed where the table's heading says.", ""]
+              "among them. The published column holds the number of the source named under each table's heading.", ""]
     for table in (t for t in TABLES.values() if t is not KEY_TABLE):
         lines += [f"### Table {table.id}: {table.title}", "", f"Published: {table.source}.", "",
                   "| method | rho | published | measured top-1 | diff | many | medium | few | seeds | source |",
