@@ -96,8 +96,17 @@ def cmd_eval(args) -> int:
     metrics = evaluate_run(Path(args.run), split=args.split, checkpoint=args.checkpoint, overrides=args.overrides,
                            out=out)
     print(shot_table(metrics))
+    if metrics.get("confusion") is not None:
+        from .engine.metrics import top_confusions
+
+        top = top_confusions(metrics, k=args.confusions)
+        if top:
+            print("\nmost frequent errors (true -> predicted: test images, % of the true class):")
+            for e in top:
+                true, pred = e["true_name"] or e["true"], e["pred_name"] or e["pred"]
+                print(f"  {true} -> {pred}: {e['count']} ({e['percent']:.1f} %)")
     if args.json:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}, indent=1))
     if getattr(args, "save_logits", False):
         from .posthoc import save_outputs
 
@@ -186,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint")
     e.add_argument("--out", help="write the metrics to this JSON file")
     e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    e.add_argument("--confusions", type=int, default=8, metavar="K",
+                   help="print the K most frequent errors from the confusion matrix (up to 100 classes; default 8)")
     e.add_argument("--save-logits", action="store_true",
                    help="keep the split's logits, features and targets in RUN_DIR/outputs-<split>.npz (longtail posthoc)")
     e.set_defaults(func=cmd_eval)

@@ -9,7 +9,7 @@ resolved configuration). Typical use::
 
 ``metrics.json`` layout (the contract with the trainer)::
 
-    {"top1", "top5", "many", "medium", "few", "per_class", "macro_f1", "g_mean", "ece", "nll",
+    {"top1", "top5", "many", "medium", "few", "per_class", "confusion", "macro_f1", "g_mean", "ece", "nll",
      "shot_thresholds", "epoch", "checkpoint", "split", "seed", "wall_time_s", "versions",
      "git_commit", "recipe"}            # stage-2 runs add "stage": 2
 """

@@ -31,10 +31,10 @@ from .engine.stage2 import UNTRAINED_STAGE2
 from .errors import DataError, LongTailError
 from .report import DEFAULT_METRICS, aggregate, load_runs
 from .reproduce import BENIGN_PREFIXES
-from .thesis_tables import KEY_RHO, KEY_TABLE, TABLES, Row, Table
+from .thesis_tables import KEY_RHO, KEY_TABLE, PER_CLASS_TABLE, TABLES, Row, Table
 
 __all__ = ["SMALL_FILES", "collect", "find_runs", "row_configs", "summarize_cell", "key_rows_summary",
-           "format_page", "main"]
+           "per_class_summary", "format_page", "main"]
 
 #: The files of a run kept in the repository.
 SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json")
@@ -272,6 +272,38 @@ def key_rows_summary(sources: Dict[str, List[dict]]) -> List[dict]:
     return out
 
 
+def per_class_summary(sources: Dict[str, List[dict]]) -> List[dict]:
+    """Per-class top-1 of the key rows against the thesis's per-class table (Table 4.5).
+
+    For each row of :data:`longtail.thesis_tables.PER_CLASS_TABLE` that prints per-class numbers at
+    :data:`KEY_RHO`, every key row trained with the same recipe (its variants too: fp32, another batch
+    size, another ``A``) that has runs in a source gives one entry: the per-class accuracies, averaged
+    over its seeds, beside the published ones.
+
+    Returns:
+        Dicts with ``reference`` (the thesis row), ``row`` (the key row), ``source``, ``seeds``,
+        ``names`` (class names, or indices), ``published``, ``measured`` and ``diff`` (per class).
+    """
+    out = []
+    for ref in TABLES[PER_CLASS_TABLE].rows:
+        published = ref.per_class.get(KEY_RHO)
+        if not published:
+            continue
+        for kr in (r for r in KEY_TABLE.rows if r.recipe == ref.recipe and not r.two_stage):
+            for name, runs in sources.items():
+                matches = find_runs(runs, KEY_TABLE, kr, KEY_RHO)
+                per_run = [m["metrics"].get("per_class") or [] for m, _ in matches]
+                per_run = [pc for pc in per_run if len(pc) == len(published)]
+                if not per_run:
+                    continue
+                measured = [sum(pc[c]["accuracy"] for pc in per_run) / len(per_run) for c in range(len(published))]
+                out.append({"reference": ref, "row": kr, "source": name, "seeds": len(per_run),
+                            "names": [str(e.get("name", e["class"])) for e in per_run[0]],
+                            "published": list(published), "measured": measured,
+                            "diff": [m - p for m, p in zip(measured, published)]})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +328,31 @@ def _command(row: Row, seeds: Sequence[int]) -> str:
     if row.two_stage:
         cmd += " && longtail retrain RUNS/RUN " + " ".join(row.stage2)
     return cmd
+
+
+def _per_class_section(sources: Dict[str, List[dict]]) -> List[str]:
+    """The per-class comparison with the thesis's Table 4.5 (nothing when no run matches)."""
+    entries = per_class_summary(sources)
+    if not entries:
+        return []
+    names = entries[0]["names"]
+    lines = [f"## Per class against the thesis (Table 4.5, rho = {KEY_RHO})", "",
+             "Test top-1 (%) of each class, head (5,000 training images) to tail (50), final epoch, mean over seeds;",
+             "each measured line is followed by its difference from the thesis line above it.", "",
+             "| row | " + " | ".join(names) + " | mean | seeds |",
+             "|---|" + "---:|" * (len(names) + 2)]
+    shown = set()
+    for e in entries:
+        ref = e["reference"]
+        if ref.label not in shown:
+            shown.add(ref.label)
+            lines.append(f"| **thesis {ref.label}** | " + " | ".join(f"{v:.1f}" for v in e["published"])
+                         + f" | {sum(e['published']) / len(e['published']):.2f} | |")
+        lines.append(f"| {e['row'].label} ({e['source']}) | " + " | ".join(f"{v:.1f}" for v in e["measured"])
+                     + f" | {sum(e['measured']) / len(e['measured']):.2f} | {e['seeds']} |")
+        lines.append("| diff | " + " | ".join(f"{v:+.1f}" for v in e["diff"])
+                     + f" | {sum(e['diff']) / len(e['diff']):+.2f} | |")
+    return lines + [""]
 
 
 def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
@@ -342,6 +399,7 @@ def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
         if kr.note:
             key_notes.append(f"- {kr.label}: {kr.note}")
     lines += [""] + key_notes + [""]
+    lines += _per_class_section(sources)
     if notes.strip():  # results/notes.md: findings, commands, known issues (its own headings)
         lines += [notes.strip(), ""]
     lines += ["## Every table", "",

@@ -23,13 +23,13 @@ describe it; planning, running and summarising the runs is :mod:`longtail.reprod
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
 __all__ = ["Row", "FigureSpec", "Table", "PUBLISHED_DATA", "TABLES", "KEY_TABLE", "KEY_RHO", "REFERENCE_TABLE",
-           "HE2016_SCHEDULE", "get_table"]
+           "HE2016_SCHEDULE", "PER_CLASS_TABLE", "get_table"]
 
 #: The data protocol every published number here refers to.
 PUBLISHED_DATA = "cifar10_lt"
@@ -48,6 +48,8 @@ class Row:
         stage2: Overrides of the stage-2 run (``longtail retrain``), or ``None`` for a one-stage
             method; ``()`` re-trains with the recipe's own ``stage2`` block.
         note: A remark printed under the table.
+        per_class: Published per-class top-1 (%) per imbalance ratio, class 0 (the head) first,
+            where the thesis prints them (Table 4.5: CE and FBL); empty elsewhere.
     """
 
     label: str
@@ -56,6 +58,7 @@ class Row:
     overrides: Tuple[str, ...] = ()
     stage2: Optional[Tuple[str, ...]] = None
     note: str = ""
+    per_class: Mapping[int, Tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def two_stage(self) -> bool:
@@ -171,9 +174,13 @@ TABLES: Dict[str, Table] = {
             source="thesis Table 4.2",
             overrides=("eval.feature_norms=true",),
             rows=(
-                Row("CE", "cifar10_lt/ce", {100: 71.07, 50: 75.31}),
+                Row("CE", "cifar10_lt/ce", {100: 71.07, 50: 75.31}, per_class={
+                    100: (91.0, 98.2, 83.2, 72.5, 78.8, 65.1, 68.8, 59.5, 49.0, 44.6),
+                    50: (84.5, 95.8, 68.5, 74.6, 81.1, 72.7, 82.9, 67.5, 59.1, 66.4)}),
                 Row("LDAM-DRW", "cifar10_lt/ldam_drw", {100: 77.03, 50: 81.03}),
-                Row("FBL", "cifar10_lt/fbl", {100: 82.46, 50: 84.30}),
+                Row("FBL", "cifar10_lt/fbl", {100: 82.46, 50: 84.30}, per_class={
+                    100: (88.1, 94.7, 81.9, 73.0, 83.6, 75.1, 86.3, 77.3, 82.7, 81.9),
+                    50: (83.7, 92.1, 81.7, 73.9, 85.0, 76.1, 87.7, 85.0, 88.5, 89.3)}),
             ),
             note="Runs log per-class test feature norms every epoch (eval.feature_norms=true; evaluation only). "
                  "The CE baseline of this table (71.07 / 75.31) differs from Table 5.2's: measured per chapter.",
@@ -324,6 +331,10 @@ REFERENCE_TABLE = Table(
     ),
 )
 TABLES[REFERENCE_TABLE.id] = REFERENCE_TABLE
+
+#: The table whose rows carry the thesis's per-class accuracies (Table 4.5, CIFAR-10-LT; its means are
+#: Table 4.2's CE and FBL numbers).
+PER_CLASS_TABLE = "4.2"
 
 
 def get_table(table_id: str) -> Table:

@@ -23,6 +23,19 @@ def test_train_eval_retrain_report(tmp_path):
     assert r.returncode == 0, r.stderr
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["top1"] == m["top1"] and again["per_class"] == m["per_class"]
+    # the confusion matrix of the training's final evaluation and of `eval` agree, and carry the
+    # per-class accuracies; its largest off-diagonal cell is the first error printed
+    assert again["confusion"] == m["confusion"]
+    conf = m["confusion"]
+    for c, row in enumerate(conf):
+        assert sum(row) == m["per_class"][c]["test_count"]
+        assert 100 * row[c] / sum(row) == pytest.approx(m["per_class"][c]["accuracy"])
+    errors = sorted(((n, i, j) for i, row in enumerate(conf) for j, n in enumerate(row) if i != j and n),
+                    key=lambda t: (-t[0], t[1], t[2]))
+    assert errors, "a 2-epoch model makes errors"
+    n, i, j = errors[0]
+    names = [e.get("name", e["class"]) for e in m["per_class"]]
+    assert f"  {names[i]} -> {names[j]}: {n} (" in r.stdout.split("most frequent errors")[1]
 
     r = run_cli("retrain", str(tmp_path / "a"), "stage2.epochs=1", "stage2.method=lws", "--quiet")
     assert r.returncode == 0, r.stderr

@@ -283,3 +283,17 @@ def test_bad_stage2_settings_leave_no_run_folder(tmp_path):
         with pytest.raises(ConfigError, match=culprit):
             retrain(run_dir, [bad])
         assert sorted(p.name for p in tmp_path.iterdir()) == before, bad
+
+
+def test_write_json_puts_integer_arrays_on_one_line_and_leaves_strings_alone(tmp_path):
+    from longtail.engine.runlog import write_json
+
+    obj = {"confusion": [[3, 1], [0, -2]], "argv": ["optim.milestones=[82,123]", "a\n[1,\n2]"],
+           "floats": [0.5, 2], "empty": [], "mixed": ["a", 1], "one": [7]}
+    path = tmp_path / "m.json"
+    write_json(obj, path)
+    text = path.read_text()
+    assert json.loads(text) == obj
+    assert "[3, 1]" in text and "[0, -2]" in text and '"one": [7]' in text
+    assert "optim.milestones=[82,123]" in text  # inside a string: untouched
+    assert "[\n  0.5" in text  # float arrays keep json's layout

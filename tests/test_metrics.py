@@ -226,3 +226,51 @@ def test_keep_logits_and_errors():
         Accumulator().compute([1, 1])
     with pytest.raises(ValueError, match="class_counts"):
         compute_metrics([0], [0], None, None, None, [1, 2], num_classes=3)
+
+
+def test_confusion_matrix_counts_each_true_predicted_pair():
+    m = compute_metrics(PRED, TARGET, None, None, None, COUNTS, 4)
+    # Written out from the crafted predictions above (rows: true class, columns: prediction).
+    assert m["confusion"] == [
+        [3, 1, 0, 0],
+        [0, 1, 1, 0],
+        [2, 0, 1, 1],
+        [1, 0, 0, 1],
+    ]
+    conf = np.asarray(m["confusion"])
+    assert conf.sum(axis=1).tolist() == [c["test_count"] for c in m["per_class"]]
+    assert (100 * np.diag(conf) / conf.sum(axis=1)).tolist() == pytest.approx([c["accuracy"] for c in m["per_class"]])
+    assert json.loads(json.dumps(m))["confusion"] == m["confusion"]  # plain ints, not numpy
+
+
+def test_confusion_matrix_matches_a_double_loop_and_stops_above_the_class_limit():
+    from longtail.engine.metrics import CONFUSION_MAX_CLASSES
+
+    rng = np.random.default_rng(3)
+    c = 7
+    y, p = rng.integers(0, c, 300), rng.integers(0, c, 300)
+    m = compute_metrics(p, y, None, None, None, [10] * c, c)
+    expected = [[sum(1 for t, q in zip(y, p) if t == i and q == j) for j in range(c)] for i in range(c)]
+    assert m["confusion"] == expected
+    big = CONFUSION_MAX_CLASSES + 1
+    m = compute_metrics([0, 1], [1, 1], None, None, None, [5] * big, big)
+    assert m["confusion"] is None
+    assert m["per_class"][1]["accuracy"] == 50.0
+
+
+def test_top_confusions_lists_the_most_frequent_errors_with_names():
+    from longtail.engine.metrics import top_confusions
+
+    m = compute_metrics(PRED, TARGET, None, None, None, COUNTS, 4)
+    for entry, name in zip(m["per_class"], ["cat", "dog", "ship", "truck"]):
+        entry["name"] = name
+    top = top_confusions(m, k=3)
+    # Errors: 2 -> 0 twice; then one each for 0 -> 1, 1 -> 2, 2 -> 3, 3 -> 0 (ties by true class).
+    assert [(e["true"], e["pred"], e["count"]) for e in top] == [(2, 0, 2), (0, 1, 1), (1, 2, 1)]
+    assert top[0]["true_name"] == "ship" and top[0]["pred_name"] == "cat"
+    assert top[0]["percent"] == pytest.approx(50.0)  # 2 of class 2's 4 test samples
+    assert top[1]["percent"] == pytest.approx(25.0)
+    assert len(top_confusions(m, k=100)) == 5  # every non-zero off-diagonal cell, no more
+    del m["confusion"]
+    with pytest.raises(ValueError, match="no confusion matrix"):
+        top_confusions(m)

@@ -198,3 +198,53 @@ def test_cli_collect_without_finished_runs_is_a_one_line_error(tmp_path):
                         str(tmp_path / "results" / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"longtail: error: {tmp_path / 'runs'}: no finished run (a folder with metrics.json and config.yaml)"
+
+
+def test_per_class_tables_of_the_thesis_average_to_its_published_top1():
+    """Table 4.5's per-class accuracies (CE and FBL, rho 100 and 50) are transcribed correctly: their
+    means are Table 4.2's numbers."""
+    rows = [r for r in TABLES["4.2"].rows if r.per_class]
+    assert [r.label for r in rows] == ["CE", "FBL"]
+    for r in rows:
+        assert sorted(r.per_class) == [50, 100]
+        for rho, values in r.per_class.items():
+            assert len(values) == 10
+            assert sum(values) / 10 == pytest.approx(r.published[rho], abs=0.005)
+
+
+def test_per_class_section_compares_each_key_variant_with_table_4_5(tmp_path):
+    from longtail.results import per_class_summary
+
+    src = tmp_path / "results" / "cpu"
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    def per_class(acc):
+        return [{"class": c, "name": names[c], "accuracy": a, "test_count": 1000} for c, a in enumerate(acc)]
+
+    t52, t42 = TABLES["5.2"], TABLES["4.2"]
+    ce_acc = [[90.0 + s] * 5 + [40.0 + s] * 5 for s in (0, 2)]
+    for seed, acc in enumerate(ce_acc):
+        cfg, _ = row_configs(t52, t52.row("CE"), 100, seed)
+        _write_run(src / f"ce-seed{seed}", cfg, _metrics(seed, sum(acc) / 10, per_class=per_class(acc)))
+    fbl = KEY_TABLE.row("FBL, batch 128 (Table 4.1)")
+    cfg, _ = row_configs(KEY_TABLE, fbl, 100, 0)
+    _write_run(src / "fbl-b128-seed0", cfg, _metrics(0, 80.0, per_class=per_class([80.0] * 10)))
+
+    entries = per_class_summary(load_sources(tmp_path / "results"))
+    assert [(e["reference"].label, e["row"].label, e["seeds"]) for e in entries] == [
+        ("CE", "CE", 2), ("FBL", "FBL, batch 128 (Table 4.1)", 1)]
+    ce, fb = entries
+    published_ce = t42.row("CE").per_class[100]
+    assert ce["measured"] == pytest.approx([91.0] * 5 + [41.0] * 5)  # mean over the two seeds
+    assert ce["diff"] == pytest.approx([m - p for m, p in zip(ce["measured"], published_ce)])
+    assert fb["diff"][0] == pytest.approx(80.0 - 88.1) and fb["diff"][9] == pytest.approx(80.0 - 81.9)
+    assert ce["names"] == names
+
+    page = format_page(load_sources(tmp_path / "results"))
+    section = page.split("## Per class against the thesis")[1].split("\n## ")[0]
+    assert "| **thesis CE** | 91.0 | 98.2 |" in section and "| 71.07 | |" in section
+    assert "| CE (cpu) | 91.0 | 91.0 | 91.0 | 91.0 | 91.0 | 41.0 |" in section
+    assert "| diff | +0.0 | -7.2 |" in section  # 91.0 - 91.0, 91.0 - 98.2
+    assert "| **thesis FBL** | 88.1 |" in section and "FBL, batch 128 (Table 4.1) (cpu) | 80.0 |" in section
+    # no run with per-class numbers: no section
+    assert "## Per class" not in format_page({})

@@ -25,10 +25,15 @@ import torch.nn.functional as F
 
 from ..data.lt import shot_groups
 
-__all__ = ["Accumulator", "compute_metrics", "metrics_from_logits", "shot_group", "ECE_BINS"]
+__all__ = ["Accumulator", "compute_metrics", "metrics_from_logits", "shot_group", "top_confusions", "ECE_BINS",
+           "CONFUSION_MAX_CLASSES"]
 
 ECE_BINS = 15
 """Number of equal-width confidence bins of the expected calibration error."""
+
+CONFUSION_MAX_CLASSES = 100
+"""Largest number of classes whose confusion matrix goes into the metrics (CIFAR-100: 10,000 counts;
+ImageNet-LT's would be a million)."""
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float], Sequence[int]]
 
@@ -89,6 +94,9 @@ def compute_metrics(
       so a confidence exactly on an edge belongs to the bin below it (e.g. ``0.2`` with 15 bins
       falls in ``(2/15, 3/15]``); a confidence of exactly 0 goes to the first bin.
     * ``nll``: mean negative log-likelihood (nats) of the softmax at the target.
+    * ``confusion``: ``confusion[i][j]`` counts the test samples of class ``i`` predicted as class
+      ``j`` (rows: true class, columns: prediction), for at most :data:`CONFUSION_MAX_CLASSES`
+      classes; ``None`` above that. Its diagonal over its row sums is the per-class accuracy.
 
     Args:
         pred: Predicted class per sample, shape ``(N,)``.
@@ -107,7 +115,7 @@ def compute_metrics(
         A JSON-serializable dict with keys ``top1``, ``top5``, ``many``, ``medium``, ``few``,
         ``shot_thresholds``, ``group_sizes``, ``per_class`` (a list of dicts with ``class``,
         ``train_count``, ``test_count``, ``accuracy`` (percent, None without test samples) and
-        ``group``), ``macro_f1``, ``g_mean``, ``ece``, ``nll`` and ``num_samples``.
+        ``group``), ``macro_f1``, ``g_mean``, ``ece``, ``nll``, ``num_samples`` and ``confusion``.
 
     Raises:
         ValueError: On mismatched lengths, an empty input, or a label or prediction outside
@@ -191,6 +199,11 @@ def compute_metrics(
         hit_sum = np.bincount(bins, weights=correct.astype(np.float64), minlength=n_bins)
         ece = float(np.abs(hit_sum - conf_sum).sum() / n)
 
+    confusion = None
+    if num_classes <= CONFUSION_MAX_CLASSES:
+        confusion = np.bincount(y * num_classes + p, minlength=num_classes * num_classes)
+        confusion = confusion.reshape(num_classes, num_classes).tolist()
+
     return {
         "top1": _pct(float(correct.mean())),
         "top5": _pct(float(hit5.mean())) if hit5 is not None else None,
@@ -205,7 +218,43 @@ def compute_metrics(
         "ece": _pct(ece),
         "nll": float(nl.mean()) if nl is not None else None,
         "num_samples": n,
+        "confusion": confusion,
     }
+
+
+def top_confusions(metrics: Dict[str, Any], k: int = 10) -> List[Dict[str, Any]]:
+    """The ``k`` most frequent errors of a metrics dict, from its ``confusion`` matrix.
+
+    Each entry names a true class and the class its test samples were taken for, with the count
+    and its share of the true class's test samples (percent), most frequent first (ties: by true
+    class, then predicted class). Class names come from ``per_class`` when it has them.
+
+    Args:
+        metrics: A dict of :func:`compute_metrics` (or a ``metrics.json``) with ``confusion``.
+        k: How many errors to list.
+
+    Returns:
+        A list of dicts with ``true``, ``pred`` (class indices), ``true_name``, ``pred_name``
+        (names or ``None``), ``count`` and ``percent``.
+
+    Raises:
+        ValueError: When the metrics have no confusion matrix (older runs, or more than
+            :data:`CONFUSION_MAX_CLASSES` classes).
+    """
+    matrix = metrics.get("confusion")
+    if matrix is None:
+        raise ValueError("these metrics have no confusion matrix (older run, or more than "
+                         f"{CONFUSION_MAX_CLASSES} classes): evaluate the run again with `longtail eval`")
+    m = np.asarray(matrix, dtype=np.int64)
+    names = [c.get("name") for c in metrics.get("per_class", [])] or [None] * m.shape[0]
+    rows = m.sum(axis=1)
+    off = [(int(m[i, j]), i, j) for i in range(m.shape[0]) for j in range(m.shape[1]) if i != j and m[i, j] > 0]
+    off.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [
+        {"true": i, "pred": j, "true_name": names[i], "pred_name": names[j], "count": c,
+         "percent": 100.0 * c / int(rows[i])}
+        for c, i, j in off[:k]
+    ]
 
 
 class Accumulator:

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Optional
@@ -263,10 +264,18 @@ def _write_atomic(path: Path, text: str, what: str) -> None:
         raise CheckpointError(f"cannot write {what}{path}: {os_reason(err)}") from None
 
 
+#: A JSON array of integers only, as ``json.dumps(indent=...)`` spreads it: one number per line. The
+#: newlines make it structural: a string holding "[1,2]" has none (JSON escapes them), so it never matches.
+_INT_ARRAY = re.compile(r"\[\n\s*-?\d+(?:,\n\s*-?\d+)*\n\s*\]")
+
+
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON atomically (NaN/inf become null); an OSError becomes a CheckpointError naming
-    the file (a previous version of it is left as it was)."""
-    _write_atomic(Path(path), json.dumps(_clean(obj), indent=1), "")
+    the file (a previous version of it is left as it was). Arrays of integers (a confusion
+    matrix's rows, milestones) are written on one line each."""
+    text = json.dumps(_clean(obj), indent=1)
+    text = _INT_ARRAY.sub(lambda m: "[" + ", ".join(re.findall(r"-?\d+", m.group(0))) + "]", text)
+    _write_atomic(Path(path), text, "")
 
 
 def _parse_rows(path: Path) -> list[dict]:
