@@ -21,6 +21,7 @@ Hand-written findings (why a row misses) live in ``results/notes.md`` and are in
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -34,10 +35,13 @@ from .reproduce import BENIGN_PREFIXES
 from .thesis_tables import KEY_RHO, KEY_TABLE, PER_CLASS_TABLE, TABLES, Row, Table
 
 __all__ = ["SMALL_FILES", "collect", "find_runs", "row_configs", "summarize_cell", "key_rows_summary",
-           "per_class_summary", "format_page", "main"]
+           "per_class_summary", "run_confusion", "format_page", "main"]
 
 #: The files of a run kept in the repository.
 SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json")
+#: A run's later evaluation of its final model (``longtail eval RUN --out RUN/eval-test.json``): where
+#: ``metrics.json`` predates the confusion matrix, the page takes it from here.
+EVAL_FILE = "eval-test.json"
 
 #: Config keys (dotted prefixes) that never decide whether a run matches a row.
 IGNORED_KEYS = ("name", "output_dir", "quiet", "seed", "stage2.cache_features") + tuple(BENIGN_PREFIXES)
@@ -304,6 +308,27 @@ def per_class_summary(sources: Dict[str, List[dict]]) -> List[dict]:
     return out
 
 
+def run_confusion(run: dict) -> Optional[dict]:
+    """The metrics of a run's final model that hold a confusion matrix, or ``None``.
+
+    ``metrics.json``'s own where it has one; otherwise the run folder's :data:`EVAL_FILE`, when that
+    evaluated the same epoch of the same stage on the same split and found the same top-1 (so it
+    is the same model; anything else is ignored, never mixed in).
+    """
+    m = run["metrics"]
+    if m.get("confusion") is not None:
+        return m
+    path = Path(run["path"]) / EVAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        e = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable ({err})") from None
+    same = all(e.get(k) == m.get(k) for k in ("epoch", "stage", "split")) and e.get("top1") == m.get("top1")
+    return e if same and e.get("confusion") is not None else None
+
+
 # ---------------------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +380,31 @@ def _per_class_section(sources: Dict[str, List[dict]]) -> List[str]:
     return lines + [""]
 
 
+def _errors_section(sources: Dict[str, List[dict]], k: int = 4) -> List[str]:
+    """The most frequent errors of each key row's final model (lowest seed), from its confusion matrix."""
+    from .engine.metrics import top_confusions
+
+    lines = []
+    for row in KEY_TABLE.rows:
+        for name, runs in sources.items():
+            matches = find_runs(runs, KEY_TABLE, row, KEY_RHO)
+            m = run_confusion(matches[0][0]) if matches else None
+            if m is None:
+                continue
+            errors = sum(sum(r) for r in m["confusion"]) - sum(r[i] for i, r in enumerate(m["confusion"]))
+            top = "; ".join(f"{e['true_name'] or e['true']} -> {e['pred_name'] or e['pred']} {e['count']}"
+                            for e in top_confusions(m, k))
+            lines.append(f"| {row.label} ({name}) | {matches[0][0]['metrics'].get('seed', '-')} | {errors:,} | {top} |")
+    if not lines:
+        return []
+    return [f"## Most frequent errors of the final models (rho = {KEY_RHO})", "",
+            f"Test images of the true class taken for the predicted one (of 1,000 per class), the {k} largest cells",
+            f"of each key row's confusion matrix (its lowest seed; from `metrics.json`, or from `{EVAL_FILE}` where",
+            "`longtail eval` evaluated the same final model later).", "",
+            "| row | seed | test errors | most frequent errors (true -> predicted images) |",
+            "|---|---:|---:|---|", *lines, ""]
+
+
 def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
     """The text of ``docs/results.md``."""
     lines = [
@@ -400,6 +450,7 @@ def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
             key_notes.append(f"- {kr.label}: {kr.note}")
     lines += [""] + key_notes + [""]
     lines += _per_class_section(sources)
+    lines += _errors_section(sources)
     if notes.strip():  # results/notes.md: findings, commands, known issues (its own headings)
         lines += [notes.strip(), ""]
     lines += ["## Every table", "",

@@ -248,3 +248,42 @@ def test_per_class_section_compares_each_key_variant_with_table_4_5(tmp_path):
     assert "| **thesis FBL** | 88.1 |" in section and "FBL, batch 128 (Table 4.1) (cpu) | 80.0 |" in section
     # no run with per-class numbers: no section
     assert "## Per class" not in format_page({})
+
+
+def test_errors_section_takes_the_confusion_from_metrics_or_a_matching_later_evaluation(tmp_path):
+    from longtail.results import EVAL_FILE, run_confusion
+
+    src = tmp_path / "results" / "cpu"
+    t52 = TABLES["5.2"]
+    conf = [[0] * 10 for _ in range(10)]
+    for c in range(10):
+        conf[c][c] = 900
+        conf[c][(c + 1) % 10] = 100 - c  # class c -> c+1: 100, 99, ..., 91 errors; 955 in all
+    per_class = [{"class": c, "name": f"k{c}", "accuracy": 90.0, "test_count": 1000} for c in range(10)]
+    cfg, _ = row_configs(t52, t52.row("CE"), 100, 0)
+    run = _write_run(src / "ce-seed0", cfg, _metrics(0, 90.0, epoch=199, split="test", per_class=per_class))
+    fbl = KEY_TABLE.row("FBL")
+    cfg, _ = row_configs(KEY_TABLE, fbl, 100, 1)
+    _write_run(src / "fbl-seed1", cfg, _metrics(1, 90.0, per_class=per_class, confusion=conf))
+
+    runs = load_runs(tmp_path / "results")
+    ce_run = next(r for r in runs if r["path"].endswith("ce-seed0"))
+    assert run_confusion(ce_run) is None  # metrics.json predates the matrix and nothing else is there
+    # a later evaluation of another model (another epoch) is ignored, the same model's is used
+    evaluation = {"top1": 90.0, "epoch": 150, "stage": 1, "split": "test", "per_class": per_class, "confusion": conf}
+    (run / EVAL_FILE).write_text(json.dumps(evaluation))
+    assert run_confusion(ce_run) is None
+    evaluation["epoch"] = 199
+    (run / EVAL_FILE).write_text(json.dumps(evaluation))
+    assert run_confusion(ce_run)["confusion"] == conf
+    evaluation["top1"] = 89.0
+    (run / EVAL_FILE).write_text(json.dumps(evaluation))
+    assert run_confusion(ce_run) is None
+
+    evaluation["top1"] = 90.0
+    (run / EVAL_FILE).write_text(json.dumps(evaluation))
+    page = format_page(load_sources(tmp_path / "results"))
+    section = page.split("## Most frequent errors")[1].split("\n## ")[0]
+    assert "| CE (cpu) | 0 | 955 | k0 -> k1 100; k1 -> k2 99; k2 -> k3 98; k3 -> k4 97 |" in section
+    assert "| FBL (cpu) | 1 | 955 | k0 -> k1 100;" in section
+    assert "## Most frequent errors" not in format_page({})
