@@ -37,11 +37,11 @@ from .thesis_tables import KEY_RHO, KEY_TABLE, PER_CLASS_TABLE, TABLES, Row, Tab
 __all__ = ["SMALL_FILES", "collect", "find_runs", "row_configs", "summarize_cell", "key_rows_summary",
            "per_class_summary", "run_confusion", "format_page", "main"]
 
-#: The files of a run kept in the repository.
-SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json")
 #: A run's later evaluation of its final model (``longtail eval RUN --out RUN/eval-test.json``): where
 #: ``metrics.json`` predates the confusion matrix, the page takes it from here.
 EVAL_FILE = "eval-test.json"
+#: The files of a run kept in the repository (the last one where there is one).
+SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json", EVAL_FILE)
 
 #: Config keys (dotted prefixes) that never decide whether a run matches a row.
 IGNORED_KEYS = ("name", "output_dir", "quiet", "seed", "stage2.cache_features") + tuple(BENIGN_PREFIXES)
@@ -58,7 +58,8 @@ def collect(src: Path, dest: Path) -> List[Path]:
     """Copy the small files of every finished run under ``src`` into ``dest``.
 
     A run is finished when it holds ``metrics.json`` and ``config.yaml``; its folder keeps its
-    path relative to ``src``. Checkpoints and other files are never copied.
+    path relative to ``src``. :data:`SMALL_FILES` are copied (``eval-test.json`` where the run has
+    one); checkpoints and other files never are.
 
     Args:
         src: A run folder or a folder of runs (``longtail reproduce --out``).

@@ -163,6 +163,11 @@ def test_collect_copies_only_small_files_and_never_overwrites(tmp_path):
     assert sorted(p.name for p in out[0].iterdir()) == ["config.yaml", "log.jsonl", "metrics.json"]
     assert not (dest / "rho100" / "ce-seed1").exists()
     assert collect(runs, dest) == out  # idempotent
+    # a later evaluation of the final model (longtail eval --out RUN/eval-test.json) travels with it
+    (runs / "rho100" / "ce-seed0" / "eval-test.json").write_text(json.dumps({"top1": 70.0}))
+    (runs / "rho100" / "ce-seed0" / "eval-val.json").write_text("{}")
+    collect(runs, dest)
+    assert sorted(p.name for p in out[0].iterdir()) == ["config.yaml", "eval-test.json", "log.jsonl", "metrics.json"]
     (runs / "rho100" / "ce-seed0" / "metrics.json").write_text(json.dumps(_metrics(0, 99.0)))
     with pytest.raises(DataError, match="already exists with different content"):
         collect(runs, dest)
