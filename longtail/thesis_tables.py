@@ -288,6 +288,10 @@ KEY_TABLE = Table(
         _key_row("LDAM-DRW", "5.2", "LDAM-DRW"),
         _key_row("KPS with GA (batch 64)", "3.2", "KPS (with GA)"),
         _key_row("FBL", "4.2", "FBL"),
+        _key_row("FBL, fp32 (amp=none)", "4.2", "FBL", overrides=("amp=none",),
+                 note="The recipe's FBL (batch 64) trained in float32 everywhere. Beside the FBL row (bf16 "
+                      "autocast on a CPU with native bf16) it shows whether FBL pays for the precision where CE "
+                      "does not."),
         _key_row("FBL, batch 128 (Table 4.1)", "4.2", "FBL", overrides=("data.batch_size=128",),
                  note="The recipe trains FBL with batch 64, as the authors' FBL script and the text of section "
                       "4.4.1.2 do; Table 4.1 says 128. Batch 64 takes twice the steps per epoch."),

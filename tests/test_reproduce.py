@@ -42,7 +42,7 @@ EXPECTED = {
             "CBEN + tau-normalization": {100: 82.16}, "CBEN + cRT": {100: 82.68}},
     # the key rows (issue: measured, not promised): the issue's numbers, each from its chapter's table
     "key": {"CE": {100: 70.70}, "CE, fp32 (amp=none)": {100: 70.70}, "LDAM-DRW": {100: 77.03}, "KPS with GA (batch 64)": {100: 81.23},
-            "FBL": {100: 82.46}, "FBL, batch 128 (Table 4.1)": {100: 82.46},
+            "FBL": {100: 82.46}, "FBL, fp32 (amp=none)": {100: 82.46}, "FBL, batch 128 (Table 4.1)": {100: 82.46},
             "FBL, A = 30 (batch 128)": {100: 82.46}, "GCL stage 1 only": {100: 80.52}, "GCL + CBEN + cRT": {100: 82.68},
             "GCL + CBEN + cRT, classifier lr 0.008": {100: 82.68},
             "GCL stage 1 only, authors' code schedule": {100: 80.52},
@@ -363,13 +363,17 @@ def test_key_rows_run_what_their_chapter_tables_run(tmp_path):
     s1 = [j for j in p.jobs if j.stage == 1]
     # one GCL stage-1 run for the three recipe-schedule GCL rows, one for the two code-schedule rows
     assert [j.argv[1] for j in s1] == ["cifar10_lt/ce", "cifar10_lt/ce", "cifar10_lt/ldam_drw", "cifar10_lt/kps_ga",
-                                       "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/gcl",
-                                       "cifar10_lt/gcl"]
-    ce, ce32, _, kps, fbl, fbl128, fbl30, gcl, code = (" ".join(j.argv) for j in s1)
+                                       "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/fbl",
+                                       "cifar10_lt/gcl", "cifar10_lt/gcl"]
+    ce, ce32, _, kps, fbl, fbl32, fbl128, fbl30, gcl, code = (" ".join(j.argv) for j in s1)
     # CE in float32 differs from the CE row by amp=none alone (and so trains in its own folder)
     only_fp32 = [w for w in ce32.split() if w not in ce.split()]
     assert only_fp32[0] == "amp=none" and [w.split("=")[0] for w in only_fp32] == ["amp", "name"]
     assert "amp=" not in ce and s1[0].run_dir != s1[1].run_dir
+    # so does FBL in float32 against the FBL row
+    only_fp32 = [w for w in fbl32.split() if w not in fbl.split()]
+    assert [w.split("=")[0] for w in only_fp32] == ["amp", "name"] and only_fp32[0] == "amp=none"
+    assert "amp=" not in fbl and s1[4].run_dir != s1[5].run_dir
     assert "data.batch_size=64" in kps and "data.batch_size=64" not in ce
     # FBL at the recipe's batch 64 (the authors' script, section 4.4.1.2) and at Table 4.1's 128
     assert "data.batch_size" not in fbl and "data.batch_size=128" in fbl128
@@ -381,11 +385,11 @@ def test_key_rows_run_what_their_chapter_tables_run(tmp_path):
     assert "milestone_factors" not in gcl
     s2 = [j for j in p.jobs if j.stage == 2]
     assert len(s2) == 5 and sum("stage2.lr=0.008" in " ".join(j.argv) for j in s2) == 1
-    assert sum(str(s1[8].run_dir) in " ".join(j.argv) for j in s2) == 2  # none (stage 1 only) and cRT
+    assert sum(str(s1[9].run_dir) in " ".join(j.argv) for j in s2) == 2  # none (stage 1 only) and cRT
     # the same stage-1 folders as the chapter tables' own plans: runs are shared, not re-trained
     p56 = plan(TABLES["5.6"], [0], [100], ["data.root=/d"], tmp_path)
     p32 = plan(TABLES["3.2"], [0], [100], ["data.root=/d"], tmp_path)
-    assert s1[7].run_dir == p56.jobs[0].run_dir
+    assert s1[8].run_dir == p56.jobs[0].run_dir
     assert s1[3].run_dir == next(j.run_dir for j in p32.jobs if j.argv[1] == "cifar10_lt/kps_ga")
 
 
@@ -410,7 +414,7 @@ def test_rows_limits_the_jobs_to_the_selected_rows(tmp_path):
     # several patterns: the union, in the full plan's order
     two = plan(TABLES["key"], [0], [100], ["data.root=/d"], tmp_path, rows=["FBL*", "CE"])
     assert dirs(two) == [d for d in dirs(full) if d in set(dirs(two))]
-    assert [j.argv[1] for j in two.jobs] == ["cifar10_lt/ce"] + ["cifar10_lt/fbl"] * 3  # batch 64, batch 128, A = 30
+    assert [j.argv[1] for j in two.jobs] == ["cifar10_lt/ce"] + ["cifar10_lt/fbl"] * 4  # batch 64, fp32, batch 128, A = 30
     assert summarize_plan(two)[by_label["LDAM-DRW"]]["failures"] == ["not run"]
 
 
