@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import re
+import shlex
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -403,10 +404,36 @@ def validate_config(cfg: dict, where: Optional[str] = None, explicit_milestones:
         need_int("stage2.batch_size", 1, none_ok=True)
 
 
-def save_config(cfg: dict, path: Path) -> None:
-    """Write a resolved config as YAML."""
+#: First line of a run's ``config.yaml``: the command that created the run (a YAML comment).
+COMMAND_HEADER = "# command: longtail "
+
+
+def save_config(cfg: dict, path: Path, command: Optional[Iterable[str]] = None) -> None:
+    """Write a resolved config as YAML, headed by the command that created the run where given.
+
+    The command is a comment line (``# command: longtail train cifar10_lt/ce seed=1``), so the
+    file stays the resolved config; :func:`saved_command` reads it back. A run resumed with
+    ``longtail train --resume DIR`` still reports the command that created it.
+    """
     with open(path, "w") as f:
+        if command is not None:
+            f.write(COMMAND_HEADER + shlex.join(str(a) for a in command).replace("\n", " ") + "\n")
         yaml.dump(cfg, f, Dumper=_Dumper, sort_keys=False)
+
+
+def saved_command(path: Path) -> Optional[list]:
+    """The command that created a run, from the header of its ``config.yaml`` (None without one)."""
+    try:
+        with open(path) as f:
+            first = f.readline()
+    except OSError:
+        return None
+    if not first.startswith(COMMAND_HEADER):
+        return None
+    try:
+        return shlex.split(first[len(COMMAND_HEADER):])
+    except ValueError:
+        return None
 
 
 def load_saved_config(path: Path) -> dict:

@@ -50,6 +50,10 @@ def test_resume_from_the_command_line(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("train", "--resume", str(tmp_path / "r"))  # already finished: re-evaluates, same numbers
     assert r.returncode == 0, r.stderr
+    # metrics.json names the command that created the run, and the one that resumed it
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["argv"] == ["train", *TINY, "optim.epochs=1", f"output_dir={tmp_path}", "name=r"]
+    assert m["resumed_with"] == ["train", "--resume", str(tmp_path / "r")]
 
 
 @pytest.mark.parametrize("args, culprit", [

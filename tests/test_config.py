@@ -89,3 +89,19 @@ def test_every_recipe_resolves():
 ])
 def test_key_under_matches_whole_dotted_segments(key, prefixes, under):
     assert key_under(key, prefixes) is under
+
+
+def test_saved_config_heads_with_the_command_and_reads_it_back(tmp_path):
+    """The creating command survives quoting; the file is still the resolved config."""
+    from longtail.config import save_config, saved_command
+
+    cfg = load_config("cifar10_lt/ce", ["seed=3"])
+    argv = ["train", "cifar10_lt/ce", "seed=3", "name=a b", "optim.milestones=[82,123]", "it's"]
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path, command=argv)
+    assert path.read_text().startswith("# command: longtail train cifar10_lt/ce seed=3 'name=a b' ")
+    assert saved_command(path) == argv
+    assert yaml.safe_load(path.read_text()) == yaml.safe_load(yaml.safe_dump(cfg))
+    save_config(cfg, path)  # no command: no header, and none is read
+    assert saved_command(path) is None and not path.read_text().startswith("#")
+    assert saved_command(tmp_path / "missing.yaml") is None

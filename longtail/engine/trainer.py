@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import load_saved_config, save_config
+from ..config import load_saved_config, save_config, saved_command
 from ..data.folder import annotate_metrics
 from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..report import headline
@@ -193,7 +193,7 @@ def make_run_dir(run: Run, name: str) -> Path:
         try:
             run_dir = new_run_dir(run.cfg["output_dir"], name)  # locked for this process
             try:
-                save_config(run.cfg, run_dir / "config.yaml")
+                save_config(run.cfg, run_dir / "config.yaml", command=command_line())
             except OSError as err:
                 raise CheckpointError(f"cannot write {run_dir / 'config.yaml'}: {err.strerror or err}") from None
             result = ("ok", str(run_dir))
@@ -206,13 +206,21 @@ def make_run_dir(run: Run, name: str) -> Path:
 
 
 def finish(run: Run, run_dir: Path, metrics: dict, wall: float, stage: int, epochs: int, extra: Optional[dict] = None) -> dict:
-    """Write ``metrics.json`` with provenance (rank 0) and return it."""
+    """Write ``metrics.json`` with provenance (rank 0) and return it.
+
+    ``argv`` is the command that created the run (from its ``config.yaml``); a resumed run adds the
+    command that finished it as ``resumed_with``.
+    """
     out = dict(metrics)
+    now = command_line()
+    argv = saved_command(run_dir / "config.yaml") or now
     out.update({"epoch": epochs - 1, "checkpoint": run.cfg["eval"]["checkpoint"], "split": run.cfg["eval"]["split"],
                 "stage": stage, "seed": run.cfg["seed"], "recipe": run.cfg.get("recipe"), "wall_time_s": wall,
                 "versions": software_versions(), "git_commit": git_commit(), "device": str(run.device),
                 "machine": machine_line(), "precision": precision_label(run.amp_dtype, run.channels_last),
-                "argv": command_line()})
+                "argv": argv})
+    if argv != now:
+        out["resumed_with"] = now
     if extra:
         out.update(extra)
     annotate_metrics(out, run.bundle)  # class names in per_class, the data's report (hold-out, skipped files)
