@@ -366,14 +366,11 @@ def test_key_rows_run_what_their_chapter_tables_run(tmp_path):
                                        "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/fbl",
                                        "cifar10_lt/gcl", "cifar10_lt/gcl"]
     ce, ce32, _, kps, fbl, fbl32, fbl128, fbl30, gcl, code = (" ".join(j.argv) for j in s1)
-    # CE in float32 differs from the CE row by amp=none alone (and so trains in its own folder)
-    only_fp32 = [w for w in ce32.split() if w not in ce.split()]
-    assert only_fp32[0] == "amp=none" and [w.split("=")[0] for w in only_fp32] == ["amp", "name"]
-    assert "amp=" not in ce and s1[0].run_dir != s1[1].run_dir
-    # so does FBL in float32 against the FBL row
-    only_fp32 = [w for w in fbl32.split() if w not in fbl.split()]
-    assert [w.split("=")[0] for w in only_fp32] == ["amp", "name"] and only_fp32[0] == "amp=none"
-    assert "amp=" not in fbl and s1[4].run_dir != s1[5].run_dir
+    # CE and FBL in float32 differ from their rows by amp=none alone (and so train in their own folders)
+    for bf16, fp32, i in ((ce, ce32, 0), (fbl, fbl32, 4)):
+        only_fp32 = [w for w in fp32.split() if w not in bf16.split()]
+        assert only_fp32[0] == "amp=none" and [w.split("=")[0] for w in only_fp32] == ["amp", "name"]
+        assert "amp=" not in bf16 and s1[i].run_dir != s1[i + 1].run_dir
     assert "data.batch_size=64" in kps and "data.batch_size=64" not in ce
     # FBL at the recipe's batch 64 (the authors' script, section 4.4.1.2) and at Table 4.1's 128
     assert "data.batch_size" not in fbl and "data.batch_size=128" in fbl128
