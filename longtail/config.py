@@ -422,7 +422,13 @@ def save_config(cfg: dict, path: Path, command: Optional[Iterable[str]] = None) 
 
 
 def saved_command(path: Path) -> Optional[list]:
-    """The command that created a run, from the header of its ``config.yaml`` (None without one)."""
+    """The command that created a run, from the header of its ``config.yaml``.
+
+    Returns None for a run saved without a header (made before longtail wrote one). A header that
+    is present but cannot be split (e.g. an unbalanced quote from a hand edit) also gives None,
+    with a warning naming the file, so that the caller falls back to the current command instead
+    of losing the run's metrics.
+    """
     try:
         with open(path) as f:
             first = f.readline()
@@ -432,7 +438,9 @@ def saved_command(path: Path) -> Optional[list]:
         return None
     try:
         return shlex.split(first[len(COMMAND_HEADER):])
-    except ValueError:
+    except ValueError as e:
+        warnings.warn(f"{path}: the '{COMMAND_HEADER.strip()}' header cannot be read ({e}); "
+                      f"the run's metrics will name the current command instead", stacklevel=2)
         return None
 
 

@@ -105,3 +105,15 @@ def test_saved_config_heads_with_the_command_and_reads_it_back(tmp_path):
     save_config(cfg, path)  # no command: no header, and none is read
     assert saved_command(path) is None and not path.read_text().startswith("#")
     assert saved_command(tmp_path / "missing.yaml") is None
+
+
+def test_unreadable_command_header_warns_naming_the_file(tmp_path):
+    """A hand-broken header (unbalanced quote) gives None and a warning, never an exception."""
+    from longtail.config import save_config, saved_command
+
+    path = tmp_path / "config.yaml"
+    save_config(load_config("cifar10_lt/ce"), path, command=["train", "cifar10_lt/ce"])
+    text = path.read_text().replace("cifar10_lt/ce\n", "'cifar10_lt/ce\n", 1)
+    path.write_text(text)
+    with pytest.warns(UserWarning, match=r"config\.yaml.*header cannot be read"):
+        assert saved_command(path) is None
