@@ -27,7 +27,7 @@ import shlex
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
 
@@ -123,6 +123,19 @@ def recipe_path(name: str) -> Path:
     if p.suffix in (".yaml", ".yml"):
         raise ConfigError(f"config file not found: {name}")
     raise ConfigError(f"unknown recipe '{name}'; valid recipes: {', '.join(list_recipes())}")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A nested config as dotted keys: ``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}`` (an
+    empty mapping stays a value)."""
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def key_under(key: str, prefixes: Iterable[str]) -> bool:

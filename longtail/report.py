@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .config import read_yaml
+from .config import flatten, read_yaml
 from .errors import DataError
 
 __all__ = ["read_metrics", "load_runs", "aggregate", "summarize", "format_table", "SEED_KEYS", "DEFAULT_METRICS",
@@ -132,17 +132,6 @@ def load_runs(paths: Union[PathLike, Iterable[PathLike]]) -> List[Dict[str, Any]
         for f in found:
             folders.setdefault(str(f.resolve()), f)
     return [_load_one(folders[k]) for k in sorted(folders)]
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _lookup(run: Mapping[str, Any], key: str) -> Any:
@@ -275,7 +264,7 @@ def summarize(
     for label, keys in by_label.items():
         if len(keys) < 2:
             continue
-        flats = [_flatten({k: v for k, v in groups[key][0]["config"].items() if k not in ignore}) for key in keys]
+        flats = [flatten({k: v for k, v in groups[key][0]["config"].items() if k not in ignore}) for key in keys]
         all_keys = sorted(set().union(*flats))
         differing = [k for k in all_keys if len({_freeze(f.get(k)) for f in flats}) > 1]
         for key, flat in zip(keys, flats):

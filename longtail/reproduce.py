@@ -14,9 +14,12 @@ How the runs are organised:
   the classifier of that one run; identical stage-2 runs are shared too.
 * Folders: ``<out>/<data.name>-rho<rho>/<recipe>-<hash>-seed<seed>`` (stage 1) and
   ``...-seed<seed>-s2-<method>[-<sampler>]-<hash>`` (stage 2); process logs in ``<out>/logs/``.
-* Resumable: a run folder holding ``metrics.json`` is reused; a stage-1 folder with a checkpoint
-  is continued with ``longtail train --resume``; an unfinished stage-2 folder (stage 2 has no
-  resume) is removed and re-run. Do not run two ``reproduce`` commands on one ``--out`` at once.
+* Resumable: a run folder holding ``metrics.json`` is reused, and so is a finished run of the same
+  folder under another name whose saved config is the same run (:func:`same_run`: a folder renamed
+  by hand, or one named before a default changed that its method does not use, such as the
+  stage-2 lr of ``stage2.method=none``); a stage-1 folder with a checkpoint is continued with
+  ``longtail train --resume``; an unfinished stage-2 folder (stage 2 has no resume) is removed and
+  re-run. Do not run two ``reproduce`` commands on one ``--out`` at once.
 * ``--jobs N`` runs up to N runs at once as subprocesses (``python -m longtail train|retrain
   ... quiet=true``); a stage-2 run starts when its stage-1 run has finished. Threads per process
   and ``--jobs auto`` (the default) follow :mod:`longtail.jobs`.
@@ -52,14 +55,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .config import (EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, key_under, load_config, parse_override,
+from .config import (EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, flatten, key_under, load_config, parse_override,
                      scaled_epoch_overrides)
-from .errors import ConfigError, DataError
+from .engine.stage2 import UNTRAINED_STAGE2
+from .errors import ConfigError, DataError, LongTailError
 from .jobs import Job, job_state, resolve_jobs, run_jobs
 from .report import DEFAULT_METRICS, aggregate, read_metrics
 from .thesis_tables import PUBLISHED_DATA, TABLES, Table, get_table
 
-__all__ = ["BENIGN_PREFIXES", "Plan", "plan", "select_rows", "comparability", "summarize_plan", "format_markdown", "format_list",
+__all__ = ["BENIGN_PREFIXES", "Plan", "plan", "same_run", "select_rows", "comparability", "summarize_plan", "format_markdown", "format_list",
            "make_figures", "main"]
 
 #: Override keys that do not change what a run computes (only where or how fast it runs).
@@ -109,6 +113,75 @@ def _identity(cfg: dict, ignore: Sequence[str] = ()) -> str:
     """Short hash of a resolved config without its name, folder, seed, verbosity and ``ignore``."""
     ident = {k: v for k, v in cfg.items() if k not in _IDENTITY_IGNORE and k not in ignore}
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+#: Keys that only name a run: left out when :func:`same_run` compares two configs.
+RUN_NAMING = ("name", "output_dir", "quiet")
+
+
+def same_run(expected: dict, saved: dict, stage: int, ignore: Sequence[str] = RUN_NAMING,
+             significant: Sequence[str] = ()) -> bool:
+    """Whether a saved run config is the run ``expected`` describes.
+
+    By default every key must agree -- the seed, the precision and the speed settings included --
+    except the run's name, folder and verbosity. Always left out: the ``stage2`` block of a stage-1
+    run, the settings of a stage-2 method that trains nothing (``stage2.lr`` of
+    ``stage2.method=none``; see ``UNTRAINED_STAGE2``), and keys present on one side only (read
+    ``saved`` with :func:`~longtail.config.load_saved_config`, and a key added to the schema since
+    the run holds its default on both sides).
+
+    Args:
+        expected: The resolved config of the wanted run.
+        saved: A run's saved config.
+        stage: 1 or 2.
+        ignore: Keys (and prefixes) left out as well.
+        significant: Keys (and prefixes) compared even where they would be left out.
+    """
+    a, b = flatten(expected), flatten(saved)
+    kept = UNTRAINED_STAGE2.get(a.get("stage2.method")) if stage == 2 else None
+    for key in a.keys() & b.keys():
+        unused = key.startswith("stage2.") and (stage == 1 or (kept is not None and key not in kept))
+        if (unused or key_under(key, ignore)) and not key_under(key, significant):
+            continue
+        if a[key] != b[key]:
+            return False
+    return True
+
+
+class _Finished:
+    """The finished runs of one folder, read once: ``(folder, saved config, metrics)`` by path."""
+
+    def __init__(self) -> None:
+        self._by_folder: Dict[Path, List[Tuple[Path, dict, dict]]] = {}
+
+    def runs(self, folder: Path) -> List[Tuple[Path, dict, dict]]:
+        if folder not in self._by_folder:
+            from .config import load_saved_config
+
+            found = []
+            for d in sorted(folder.iterdir()) if folder.is_dir() else ():
+                if not (d / "metrics.json").is_file() or not (d / "config.yaml").is_file():
+                    continue
+                try:
+                    cfg = load_saved_config(d / "config.yaml")
+                    metrics = json.loads((d / "metrics.json").read_text())
+                except (LongTailError, OSError, ValueError):
+                    continue  # not reusable; a run with this name still reports its own problem
+                if isinstance(metrics, dict):
+                    found.append((d, cfg, metrics))
+            self._by_folder[folder] = found
+        return self._by_folder[folder]
+
+    def same(self, folder: Path, cfg: dict, stage: int, parent: Optional[Path] = None) -> Optional[Path]:
+        """The first finished run in ``folder`` that is the run ``cfg`` (of ``parent``, for stage 2)."""
+        for d, saved, metrics in self.runs(folder):
+            if int(metrics.get("stage", 1)) != stage:
+                continue
+            if parent is not None and Path(str(metrics.get("stage1_run", ""))).name != parent.name:
+                continue
+            if same_run(cfg, saved, stage):
+                return d
+        return None
 
 
 def _override_key(text: str) -> str:
@@ -195,6 +268,7 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
         raise ConfigError("reproduce: give at least one seed")
     p = Plan(table=table, rhos=rhos, seeds=seeds, user_overrides=list(user))
     jobs: Dict[Path, Job] = {}
+    finished = _Finished()
     for rho in rhos:
         for ri, row in enumerate(table.rows):
             cell, s1cells = [], []
@@ -208,8 +282,12 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
                 folder = out / f"{_slug(cfg1['data']['name'])}-rho{rho}"
                 name1 = f"{_slug(row.recipe)}-{_identity(cfg1, ignore=('stage2',))}-seed{seed}"
                 dir1 = folder / name1
+                if dir1 not in jobs and job_state(dir1, 1, cfg1)[0] == "new":
+                    dir1 = finished.same(folder, cfg1, 1) or dir1
                 if dir1 not in jobs:
                     state, note = job_state(dir1, 1, cfg1)
+                    if dir1.name != name1:
+                        note = f"finished before as {dir1.name} (same config): reused"
                     argv = (["train", "--resume", str(dir1)] if state == "resume" else
                             ["train", row.recipe, *s1_over, f"output_dir={folder}", f"name={name1}", "quiet=true"])
                     jobs[dir1] = Job(dir1, 1, argv, out / "logs" / f"{name1}.log", state=state, note=note)
@@ -219,6 +297,7 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
                 if not row.two_stage:
                     cell.append(dir1)
                     continue
+                name1 = dir1.name
                 base = dict(cfg1, name=name1, output_dir=str(folder), quiet=True)
                 s2_fixed = list(row.stage2)
                 s2_scaled = _scaled_overrides(load_config(base=base, overrides=s2_fixed), user_s2, "stage2.epochs",
@@ -229,8 +308,12 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
                 what = method if method in ("none", "tau_norm") else f"{method}-{cfg2['stage2']['sampler']['name']}"
                 name2 = f"{name1}-s2-{_slug(what)}-{_identity(cfg2)[:6]}"
                 dir2 = folder / name2
+                if dir2 not in jobs and job_state(dir2, 2)[0] == "new":
+                    dir2 = finished.same(folder, cfg2, 2, parent=dir1) or dir2
                 if dir2 not in jobs:
                     state, note = job_state(dir2, 2)
+                    if dir2.name != name2:
+                        note = f"finished before as {dir2.name} (same config): reused"
                     argv = ["retrain", str(dir1), *s2_over, f"output_dir={folder}", f"name={name2}", "quiet=true"]
                     jobs[dir2] = Job(dir2, 2, argv, out / "logs" / f"{name2}.log", depends=dir1, state=state,
                                      note=note)

@@ -27,11 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import key_under, load_config, parse_override
-from .engine.stage2 import UNTRAINED_STAGE2
+from .config import flatten, key_under, load_config, parse_override
 from .errors import DataError, LongTailError
 from .report import DEFAULT_METRICS, aggregate, load_runs
-from .reproduce import BENIGN_PREFIXES
+from .reproduce import BENIGN_PREFIXES, same_run
 from .thesis_tables import KEY_RHO, KEY_TABLE, PER_CLASS_TABLE, TABLES, Row, Table
 
 __all__ = ["SMALL_FILES", "collect", "find_runs", "row_configs", "summarize_cell", "key_rows_summary",
@@ -99,39 +98,12 @@ def collect(src: Path, dest: Path) -> List[Path]:
 # ---------------------------------------------------------------------------------------------
 # Matching runs to rows
 # ---------------------------------------------------------------------------------------------
-def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(tree, dict):
-        out: Dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _ignored(key: str, stage: int) -> bool:
-    if stage == 1 and key.startswith("stage2."):
-        return True
-    return key_under(key, IGNORED_KEYS)
-
-
 def same_computation(expected: dict, saved: dict, stage: int, significant: Sequence[str] = ()) -> bool:
-    """Whether a saved run config computes what ``expected`` computes.
-
-    Keys that only say where or how fast a run goes (:data:`IGNORED_KEYS`) are left out, and so is
-    the ``stage2`` block of a stage-1 run, and the training settings of a stage-2 method that trains
-    nothing (:data:`UNTRAINED_STAGE2`). Keys present on one side only (a setting added to or removed
-    from the schema since the run) are left out as well. Keys under a prefix in ``significant`` are
-    compared even where they would be left out (a row that sets ``amp=none`` measures fp32).
-    """
-    a, b = _flat(expected), _flat(saved)
-    kept = UNTRAINED_STAGE2.get(a.get("stage2.method")) if stage == 2 else None
-    for key in a.keys() & b.keys():
-        left_out = _ignored(key, stage) or (kept and key.startswith("stage2.") and key not in kept)
-        if left_out and not key_under(key, significant):
-            continue
-        if a[key] != b[key]:
-            return False
-    return True
+    """Whether a saved run config computes what ``expected`` computes: :func:`same_run` with the
+    keys that only say where or how fast a run goes (:data:`IGNORED_KEYS`) left out as well. Keys
+    under a prefix in ``significant`` are compared even so (a row that sets ``amp=none`` measures
+    fp32)."""
+    return same_run(expected, saved, stage, ignore=IGNORED_KEYS, significant=significant)
 
 
 def _row_precision(table: Table, row: Row) -> Tuple[str, ...]:
@@ -145,7 +117,7 @@ def _agreement(expected: dict, run: dict) -> int:
     """How many precision keys a run shares with ``expected``: among the runs that match a row and
     seed, one trained in the row's own precision (``amp: auto`` where the row does not set it) is
     taken before one trained in another."""
-    a, b = _flat(expected), _flat(run["config"])
+    a, b = flatten(expected), flatten(run["config"])
     return sum(a[k] == b[k] for k in a.keys() & b.keys() if key_under(k, PRECISION_KEYS))
 
 

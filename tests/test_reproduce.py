@@ -12,7 +12,7 @@ import pytest
 
 from longtail.config import load_config, recipe_path
 from longtail.errors import ConfigError
-from longtail.reproduce import comparability, format_list, main, plan, summarize_plan
+from longtail.reproduce import comparability, format_list, main, plan, same_run, summarize_plan
 from longtail.thesis_tables import TABLES, get_table
 
 # Published CIFAR-10-LT top-1 (%) as printed in each thesis table (Tables 3.2 / 3.4 print the
@@ -290,6 +290,62 @@ def test_resume_states(tmp_path):
     p = plan(TABLES["5.6"], [0], None, SYN, tmp_path)
     job = next(j for j in p.jobs if j.run_dir == s1.run_dir)
     assert job.state == "conflict" and "another config" in job.note
+
+
+def _finish(run_dir, cfg, metrics):
+    """A finished run folder as train / retrain leave it: config.yaml and metrics.json."""
+    from longtail.config import save_config
+
+    run_dir.mkdir(parents=True)
+    save_config(dict(cfg, name=run_dir.name, output_dir=str(run_dir.parent)), run_dir / "config.yaml")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_same_run_compares_everything_but_the_name():
+    cfg = load_config("cifar10_lt/gcl", ["seed=0"])
+    assert same_run(cfg, dict(cfg, name="x", output_dir="/elsewhere", quiet=True), 1)
+    for key, value in (("seed", 1), ("amp", "none"), ("optim.lr", 0.2)):
+        head, _, leaf = key.rpartition(".")
+        other = json.loads(json.dumps(cfg))
+        (other[head] if head else other)[leaf] = value
+        assert not same_run(cfg, other, 1), key
+        assert same_run(cfg, other, 1, ignore=(key,)), key
+    lr = dict(cfg, stage2=dict(cfg["stage2"], lr=0.5))
+    assert same_run(cfg, lr, 1)  # a stage-1 run does not use its stage2 block
+    none = dict(cfg, stage2=dict(cfg["stage2"], method="none"))
+    assert same_run(none, dict(lr, stage2=dict(lr["stage2"], method="none")), 2)  # nothing trained in stage 2
+    crt = dict(cfg, stage2=dict(cfg["stage2"], method="crt"))
+    assert not same_run(crt, dict(lr, stage2=dict(lr["stage2"], method="crt")), 2)
+
+
+def test_finished_runs_under_other_names_are_reused(tmp_path):
+    p = plan(TABLES["5.6"], [0], None, SYN, tmp_path)
+    s1 = next(j for j in p.jobs if j.stage == 1)
+    cfg1 = load_config(s1.argv[1], s1.argv[2:])
+    renamed = s1.run_dir.parent / "my-gcl-run"
+    _finish(renamed, cfg1, {"top1": 50.0, "stage": 1, "seed": 0})
+    # another seed and another precision are other runs, whatever their names
+    _finish(s1.run_dir.parent / "a-seed1", dict(cfg1, seed=1), {"top1": 51.0, "stage": 1, "seed": 1})
+    _finish(s1.run_dir.parent / "a-fp32", dict(cfg1, amp="none"), {"top1": 52.0, "stage": 1, "seed": 0})
+    p = plan(TABLES["5.6"], [0], None, SYN, tmp_path)
+    stage1 = [j for j in p.jobs if j.stage == 1]
+    assert [(j.run_dir, j.state) for j in stage1] == [(renamed, "done")] and "my-gcl-run" in stage1[0].note
+    s2 = [j for j in p.jobs if j.stage == 2]
+    assert s2 and all(j.depends == renamed and j.argv[1] == str(renamed) for j in s2)
+    assert all(j.run_dir.name.startswith("my-gcl-run-s2-") and j.state == "new" for j in s2)
+    # a finished stage 2 of that run, saved before the stage-2 lr default changed: 'none' trains
+    # nothing, so it is the same run; a cRT with another lr is not
+    none = next(j for j in s2 if j.argv[2:3] == ["stage2.method=none"])
+    crt = next(j for j in s2 if j.argv[2:3] == ["stage2.method=crt"])
+    for job, name in ((none, "old-none"), (crt, "old-crt")):
+        cfg2 = load_config(base=cfg1, overrides=job.argv[2:-3] + ["stage2.lr=0.123"])
+        _finish(renamed.parent / name, cfg2, {"top1": 60.0, "stage": 2, "seed": 0, "stage1_run": str(renamed)})
+    # the same stage 2 of another stage-1 run is not reused
+    cfg2 = load_config(base=cfg1, overrides=crt.argv[2:-3])
+    _finish(renamed.parent / "crt-of-a-seed1", cfg2, {"top1": 61.0, "stage": 2, "seed": 0, "stage1_run": "x/a-seed1"})
+    jobs = {j.argv[2]: j for j in plan(TABLES["5.6"], [0], None, SYN, tmp_path).jobs if j.stage == 2}
+    assert (jobs["stage2.method=none"].run_dir.name, jobs["stage2.method=none"].state) == ("old-none", "done")
+    assert (jobs["stage2.method=crt"].run_dir, jobs["stage2.method=crt"].state) == (crt.run_dir, "new")
 
 
 # ---------------------------------------------------------------------------------------------
