@@ -55,8 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .config import (EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, flatten, key_under, load_config, parse_override,
-                     scaled_epoch_overrides)
+from .config import (EPOCH_KEYS_STAGE1, EPOCH_KEYS_STAGE2, flatten, key_under, load_config, load_saved_config,
+                     parse_override, scaled_epoch_overrides)
 from .engine.stage2 import UNTRAINED_STAGE2
 from .errors import ConfigError, DataError, LongTailError
 from .jobs import Job, job_state, resolve_jobs, run_jobs
@@ -156,21 +156,29 @@ class _Finished:
 
     def runs(self, folder: Path) -> List[Tuple[Path, dict, dict]]:
         if folder not in self._by_folder:
-            from .config import load_saved_config
-
             found = []
             for d in sorted(folder.iterdir()) if folder.is_dir() else ():
                 if not (d / "metrics.json").is_file() or not (d / "config.yaml").is_file():
                     continue
                 try:
-                    cfg = load_saved_config(d / "config.yaml")
-                    metrics = json.loads((d / "metrics.json").read_text())
-                except (LongTailError, OSError, ValueError):
+                    found.append((d, load_saved_config(d / "config.yaml"), read_metrics(d)))
+                except LongTailError:
                     continue  # not reusable; a run with this name still reports its own problem
-                if isinstance(metrics, dict):
-                    found.append((d, cfg, metrics))
             self._by_folder[folder] = found
         return self._by_folder[folder]
+
+    def state(self, run_dir: Path, stage: int, cfg: dict, parent: Optional[Path] = None) -> Tuple[Path, str, str]:
+        """:func:`~longtail.jobs.job_state` of ``run_dir``; where that is ``new``, a finished run of the
+        same folder that is the same run (:meth:`same`) takes its place as ``done``.
+
+        Returns:
+            ``(run folder, state, note)``.
+        """
+        state, note = job_state(run_dir, stage, cfg if stage == 1 else None)
+        found = self.same(run_dir.parent, cfg, stage, parent) if state == "new" else None
+        if found is None:
+            return run_dir, state, note
+        return found, "done", f"finished before as {found.name} (same config): reused"
 
     def same(self, folder: Path, cfg: dict, stage: int, parent: Optional[Path] = None) -> Optional[Path]:
         """The first finished run in ``folder`` that is the run ``cfg`` (of ``parent``, for stage 2)."""
@@ -282,12 +290,9 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
                 folder = out / f"{_slug(cfg1['data']['name'])}-rho{rho}"
                 name1 = f"{_slug(row.recipe)}-{_identity(cfg1, ignore=('stage2',))}-seed{seed}"
                 dir1 = folder / name1
-                if dir1 not in jobs and job_state(dir1, 1, cfg1)[0] == "new":
-                    dir1 = finished.same(folder, cfg1, 1) or dir1
                 if dir1 not in jobs:
-                    state, note = job_state(dir1, 1, cfg1)
-                    if dir1.name != name1:
-                        note = f"finished before as {dir1.name} (same config): reused"
+                    dir1, state, note = finished.state(dir1, 1, cfg1)
+                if dir1 not in jobs:  # a reused folder may be another row's job already
                     argv = (["train", "--resume", str(dir1)] if state == "resume" else
                             ["train", row.recipe, *s1_over, f"output_dir={folder}", f"name={name1}", "quiet=true"])
                     jobs[dir1] = Job(dir1, 1, argv, out / "logs" / f"{name1}.log", state=state, note=note)
@@ -308,12 +313,9 @@ def plan(table: Table, seeds: Sequence[int], rhos: Optional[Sequence[int]], over
                 what = method if method in ("none", "tau_norm") else f"{method}-{cfg2['stage2']['sampler']['name']}"
                 name2 = f"{name1}-s2-{_slug(what)}-{_identity(cfg2)[:6]}"
                 dir2 = folder / name2
-                if dir2 not in jobs and job_state(dir2, 2)[0] == "new":
-                    dir2 = finished.same(folder, cfg2, 2, parent=dir1) or dir2
                 if dir2 not in jobs:
-                    state, note = job_state(dir2, 2)
-                    if dir2.name != name2:
-                        note = f"finished before as {dir2.name} (same config): reused"
+                    dir2, state, note = finished.state(dir2, 2, cfg2, parent=dir1)
+                if dir2 not in jobs:  # as for stage 1
                     argv = ["retrain", str(dir1), *s2_over, f"output_dir={folder}", f"name={name2}", "quiet=true"]
                     jobs[dir2] = Job(dir2, 2, argv, out / "logs" / f"{name2}.log", depends=dir1, state=state,
                                      note=note)
