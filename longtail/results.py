@@ -324,7 +324,7 @@ def _command(row: Row, seeds: Sequence[int]) -> str:
     seed = "{" + ",".join(map(str, seeds)) + "}" if len(seeds) > 1 else str(seeds[0] if seeds else 0)
     cmd = f"longtail train {row.recipe} {over} seed={seed} name=RUN"
     if row.two_stage:
-        cmd += " && longtail retrain RUNS/RUN " + " ".join(row.stage2)
+        cmd += " && " + " ".join(["longtail retrain RUNS/RUN", *row.stage2])
     return cmd
 
 

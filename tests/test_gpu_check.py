@@ -27,13 +27,13 @@ def test_gpu_check_dry_run_runs_every_step_and_brings_back_the_run_files(tmp_pat
     report = json.loads((out / "dry-run.json").read_text())
     assert not report["errors"] and {"conventional", "fast"} <= set(report["results"])
     assert not (ROOT / "benchmarks" / "results" / "dry-run.json").exists()
-    # every key row, seed 0 then seed 1 (two calls, as on the GPU): 9 stage-1 runs per seed (CE in bf16 and
-    # in fp32, LDAM-DRW, KPS, FBL at A = 60 (the two batch rows share one run at the dry run's batch), in
-    # fp32 and at A = 30, GCL on two schedules) and 5 stage-2 runs
+    # every key row, seed 0 then seed 1 (two calls, as on the GPU): 10 stage-1 runs per seed (CE in bf16 and
+    # in fp32, CE + mixup, LDAM-DRW, KPS, FBL at A = 60 (the two batch rows share one run at the dry run's
+    # batch), in fp32 and at A = 30, GCL on two schedules) and 7 stage-2 runs
     runs = sorted(p.parent for p in (out / "results" / "dry-run").rglob("metrics.json"))
-    assert len(runs) == 2 * 14
+    assert len(runs) == 2 * 17
     for run in runs:
         files = {f.name for f in run.iterdir() if f.is_file()}
         assert {"config.yaml", "metrics.json"} <= files <= {"config.yaml", "log.jsonl", "metrics.json"} and not any(f.endswith(".pt") for f in files)
     seeds = sorted(json.loads((run / "metrics.json").read_text())["seed"] for run in runs)
-    assert seeds == [0] * 14 + [1] * 14
+    assert seeds == [0] * 17 + [1] * 17

@@ -41,7 +41,8 @@ EXPECTED = {
     "5.6": {"w/o re-training": {100: 80.52}, "CBEN + LWS": {100: 82.25},
             "CBEN + tau-normalization": {100: 82.16}, "CBEN + cRT": {100: 82.68}},
     # the key rows (issue: measured, not promised): the issue's numbers, each from its chapter's table
-    "key": {"CE": {100: 70.70}, "CE, fp32 (amp=none)": {100: 70.70}, "LDAM-DRW": {100: 77.03}, "KPS with GA (batch 64)": {100: 81.23},
+    "key": {"CE": {100: 70.70}, "CE, fp32 (amp=none)": {100: 70.70}, "CE + mixup": {100: 72.96},
+            "CE + mixup + cRT": {100: 79.15}, "LDAM-DRW": {100: 77.03}, "KPS with GA (batch 64)": {100: 81.23},
             "FBL": {100: 82.46}, "FBL, fp32 (amp=none)": {100: 82.46}, "FBL, batch 128 (Table 4.1)": {100: 82.46},
             "FBL, A = 30 (batch 128)": {100: 82.46}, "GCL stage 1 only": {100: 80.52}, "GCL + CBEN + cRT": {100: 82.68},
             "GCL + CBEN + cRT, classifier lr 0.008": {100: 82.68},
@@ -167,7 +168,10 @@ def test_two_stage_rows():
     for tid in ("5.4", "5.5", "5.6"):
         assert all(r.two_stage for r in TABLES[tid].rows)
     assert all(r.recipe == "cifar10_lt/gcl" for t in ("5.5", "5.6") for r in TABLES[t].rows)
-    assert [r.two_stage for r in TABLES["5.2"].rows] == [False, False, False, True, True]
+    # CE + mixup is the stage-1 run of CE + mixup + cRT, evaluated without re-training
+    assert [r.two_stage for r in TABLES["5.2"].rows] == [False, True, False, True, True]
+    mixup, mixup_crt = TABLES["5.2"].row("CE + mixup"), TABLES["5.2"].row("CE + mixup + cRT")
+    assert mixup.recipe == mixup_crt.recipe and mixup.stage2 == ("stage2.method=none",)
     methods = [load_config(base=load_config("cifar10_lt/gcl"), overrides=list(r.stage2))["stage2"]["method"]
                for r in TABLES["5.6"].rows]
     assert methods == ["none", "lws", "tau_norm", "crt"]
@@ -418,12 +422,13 @@ def test_key_rows_run_what_their_chapter_tables_run(tmp_path):
     p = plan(TABLES["key"], [0], [100], ["data.root=/d"], tmp_path)
     s1 = [j for j in p.jobs if j.stage == 1]
     # one GCL stage-1 run for the three recipe-schedule GCL rows, one for the two code-schedule rows
-    assert [j.argv[1] for j in s1] == ["cifar10_lt/ce", "cifar10_lt/ce", "cifar10_lt/ldam_drw", "cifar10_lt/kps_ga",
-                                       "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/fbl",
-                                       "cifar10_lt/gcl", "cifar10_lt/gcl"]
-    ce, ce32, _, kps, fbl, fbl32, fbl128, fbl30, gcl, code = (" ".join(j.argv) for j in s1)
+    # one CE + mixup stage-1 run for its two rows (as is and re-trained), as in Table 5.2
+    assert [j.argv[1] for j in s1] == ["cifar10_lt/ce", "cifar10_lt/ce", "cifar10_lt/ce_mixup_crt", "cifar10_lt/ldam_drw",
+                                       "cifar10_lt/kps_ga", "cifar10_lt/fbl", "cifar10_lt/fbl", "cifar10_lt/fbl",
+                                       "cifar10_lt/fbl", "cifar10_lt/gcl", "cifar10_lt/gcl"]
+    ce, ce32, _, _, kps, fbl, fbl32, fbl128, fbl30, gcl, code = (" ".join(j.argv) for j in s1)
     # CE and FBL in float32 differ from their rows by amp=none alone (and so train in their own folders)
-    for bf16, fp32, i in ((ce, ce32, 0), (fbl, fbl32, 4)):
+    for bf16, fp32, i in ((ce, ce32, 0), (fbl, fbl32, 5)):
         only_fp32 = [w for w in fp32.split() if w not in bf16.split()]
         assert only_fp32[0] == "amp=none" and [w.split("=")[0] for w in only_fp32] == ["amp", "name"]
         assert "amp=" not in bf16 and s1[i].run_dir != s1[i + 1].run_dir
@@ -437,13 +442,17 @@ def test_key_rows_run_what_their_chapter_tables_run(tmp_path):
     assert "data.batch_size=64" in code and "optim.milestone_factors=[0.1,0.01]" in code
     assert "milestone_factors" not in gcl
     s2 = [j for j in p.jobs if j.stage == 2]
-    assert len(s2) == 5 and sum("stage2.lr=0.008" in " ".join(j.argv) for j in s2) == 1
-    assert sum(str(s1[9].run_dir) in " ".join(j.argv) for j in s2) == 2  # none (stage 1 only) and cRT
+    assert len(s2) == 7 and sum("stage2.lr=0.008" in " ".join(j.argv) for j in s2) == 1
+    assert sum(str(s1[10].run_dir) in " ".join(j.argv) for j in s2) == 2  # none (stage 1 only) and cRT
+    mixup = [" ".join(j.argv) for j in s2 if str(s1[2].run_dir) in " ".join(j.argv)]
+    assert len(mixup) == 2 and sum("stage2.method=none" in a for a in mixup) == 1
     # the same stage-1 folders as the chapter tables' own plans: runs are shared, not re-trained
     p56 = plan(TABLES["5.6"], [0], [100], ["data.root=/d"], tmp_path)
     p32 = plan(TABLES["3.2"], [0], [100], ["data.root=/d"], tmp_path)
-    assert s1[8].run_dir == p56.jobs[0].run_dir
-    assert s1[3].run_dir == next(j.run_dir for j in p32.jobs if j.argv[1] == "cifar10_lt/kps_ga")
+    p52 = plan(TABLES["5.2"], [0], [100], ["data.root=/d"], tmp_path)
+    assert s1[9].run_dir == p56.jobs[0].run_dir
+    assert s1[4].run_dir == next(j.run_dir for j in p32.jobs if j.argv[1] == "cifar10_lt/kps_ga")
+    assert [j.run_dir for j in p52.jobs if j.stage == 1 and "mixup" in j.argv[1]] == [s1[2].run_dir]
 
 
 def test_rows_limits_the_jobs_to_the_selected_rows(tmp_path):

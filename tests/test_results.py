@@ -187,6 +187,12 @@ def test_cli_page_writes_the_file_and_every_key_row(tmp_path):
     for kr in KEY_TABLE.rows:
         assert f"| {kr.label} |" in text
     assert "Nothing measured yet." in text
+    # each row's command: stage 2 with its own overrides, or with the recipe's block and nothing after it
+    commands = {line.split(" | ")[0][2:]: line.rsplit("`", 2)[1] for line in text.splitlines() if line.endswith("` |")}
+    assert commands["CE + mixup + cRT"].endswith("seed=0 name=RUN && longtail retrain RUNS/RUN")
+    assert commands["CE + mixup"].endswith("&& longtail retrain RUNS/RUN stage2.method=none")
+    assert commands["GCL + CBEN + cRT, classifier lr 0.008"].endswith("RUNS/RUN stage2.method=crt stage2.lr=0.008")
+    assert "&&" not in commands["CE"]
 
 
 def test_committed_page_is_generated_from_committed_runs():
