@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from longtail.engine import checkpoint as ckpt_mod
 from longtail.engine import trainer as trainer_mod
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.evaluation import evaluate_run
-from longtail.engine.runlog import LOCK_NAME, lock_run_dir, new_run_dir, read_log, release_run_dir
+from longtail.engine.runlog import LOCK_NAME, _lock_holder, lock_run_dir, new_run_dir, read_log, release_run_dir
 from longtail.engine.trainer import train
 from longtail.errors import CheckpointError, ConfigError, DataError, DivergenceError
 
@@ -409,8 +410,24 @@ def test_two_processes_racing_for_one_name(tmp_path):
     rcs = sorted(p.returncode for p in procs)
     assert rcs == [0, 2], [o[1][-1500:] for o in outs]
     loser = next(o[1] for p, o in zip(procs, outs) if p.returncode == 2)
-    assert ("in use by process" in loser or "already exists" in loser) and "Traceback" not in loser
+    # the loser either meets the lock ("is in use by process N", or, if it looks before the winner
+    # has written its PID, "is in use by another process") or a folder that already holds a run
+    assert ("is in use by" in loser or "already exists" in loser) and "Traceback" not in loser
     assert [r["epoch"] for r in read_log(tmp_path / "race")] == [0, 1]
+
+
+def test_lock_holder_waits_briefly_for_the_pid(tmp_path):
+    path = tmp_path / "lock"
+    path.write_text("")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert _lock_holder(fd, tries=3) == "another process (its PID is not recorded yet)"
+        writer = threading.Timer(0.03, lambda: path.write_text("4321\n"))
+        writer.start()
+        assert _lock_holder(fd) == "process 4321"  # written 30 ms after the look began
+        writer.join()
+    finally:
+        os.close(fd)
 
 
 def test_lock_is_reentrant_and_released(tmp_path):

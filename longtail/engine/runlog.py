@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -58,12 +59,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
-def _lock_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-    except OSError:
-        text = ""
-    return f"process {text}" if text.isdigit() else "another process (its PID is not recorded yet)"
+def _lock_holder(fd: int, tries: int = 20) -> str:
+    # The holder writes its PID right after taking the lock; a racing process can look in between,
+    # so wait a moment (at most about 0.2 s) for the PID to appear before giving up on naming it.
+    text = ""
+    for attempt in range(tries):
+        try:
+            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        except OSError:
+            text = ""
+        if text.isdigit():
+            return f"process {text}"
+        if attempt + 1 < tries:
+            time.sleep(0.01)
+    return "another process (its PID is not recorded yet)"
 
 
 def lock_run_dir(run_dir: Path) -> None:
