@@ -42,6 +42,12 @@ EVAL_FILE = "eval-test.json"
 #: The files of a run kept in the repository (the last one where there is one).
 SMALL_FILES = ("config.yaml", "log.jsonl", "metrics.json", EVAL_FILE)
 
+#: Runs under a folder whose name ends in this are probes: one-off questions read in
+#: ``results/notes.md`` (a stage 2 with other settings, a recipe trained on a re-encoded copy of the
+#: data by ``benchmarks/recompress_cifar.py``). They are kept in the repository but never matched
+#: to a row, as where the data lies (``data.root``) does not decide a match.
+PROBE_SUFFIX = "-probes"
+
 #: Config keys (dotted prefixes) that never decide whether a run matches a row.
 IGNORED_KEYS = ("name", "output_dir", "quiet", "seed", "stage2.cache_features") + tuple(BENIGN_PREFIXES)
 
@@ -221,16 +227,31 @@ def summarize_cell(matches: Sequence[Tuple[dict, Optional[dict]]], published: Op
     return e
 
 
-def load_sources(root: Path) -> Dict[str, List[dict]]:
-    """The runs of every source folder under ``root`` (``results/``), by source name."""
+def load_sources(root: Path, probes: bool = False) -> Dict[str, List[dict]]:
+    """The runs of every source folder under ``root`` (``results/``), by source name.
+
+    Args:
+        root: The ``results/`` folder.
+        probes: Return only the probes (runs under a ``*-probes`` folder, :func:`is_probe`)
+            instead of every run but them.
+    """
     root = Path(root)
     out: Dict[str, List[dict]] = {}
     if not root.is_dir():
         return out
     for src in sorted(p for p in root.iterdir() if p.is_dir()):
         if any(src.rglob("metrics.json")):
-            out[src.name] = load_runs(src)
+            runs = [r for r in load_runs(src) if is_probe(r["path"], src) == probes]
+            if runs or not probes:
+                out[src.name] = runs
     return out
+
+
+def is_probe(run_path: str | Path, source: Path) -> bool:
+    """Whether a run lies under a ``*-probes`` folder of its source (:data:`PROBE_SUFFIX`)."""
+    path, source = Path(run_path).resolve(), Path(source).resolve()
+    parts = path.relative_to(source).parts if path.is_relative_to(source) else path.parts
+    return any(part.endswith(PROBE_SUFFIX) for part in parts)
 
 
 def key_rows_summary(sources: Dict[str, List[dict]]) -> List[dict]:
@@ -378,8 +399,10 @@ def _errors_section(sources: Dict[str, List[dict]], k: int = 4) -> List[str]:
             "|---|---:|---:|---|", *lines, ""]
 
 
-def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
-    """The text of ``docs/results.md``."""
+def format_page(sources: Dict[str, List[dict]], notes: str = "",
+                probes: Optional[Dict[str, List[dict]]] = None) -> str:
+    """The text of ``docs/results.md``: ``sources`` and ``probes`` as :func:`load_sources` returns
+    them (probes are only listed with their commands under "Run files")."""
     lines = [
         "# Results: measured beside the thesis",
         "",
@@ -399,6 +422,7 @@ def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
         "Regenerate this page: `longtail results page` (after `longtail results collect RUNS --into results/<machine>`).",
         "",
         f"Sources: {', '.join(f'`results/{s}/` ({len(r)} runs)' for s, r in sources.items()) or 'none yet'}.",
+        f"Runs under a `*{PROBE_SUFFIX}/` folder answer one-off questions in the findings and are not matched to rows.",
         "",
         "## Key rows: CIFAR-10-LT, rho = 100 (`longtail reproduce key`)",
         "",
@@ -449,8 +473,10 @@ def format_page(sources: Dict[str, List[dict]], notes: str = "") -> str:
             lines.append("| not yet run | | | | | | | | | |")
         lines.append("")
     lines += ["## Run files", ""]
-    for name, runs in sources.items():
-        lines.append(f"- `results/{name}/`:")
+    listed = [(f"`results/{name}/`", runs) for name, runs in sources.items()]
+    listed += [(f"`results/{name}/`, probes (not matched to rows)", runs) for name, runs in (probes or {}).items()]
+    for title, runs in listed:
+        lines.append(f"- {title}:")
         for r in runs:
             m = r["metrics"]
             rel = Path(r["path"])
@@ -490,7 +516,7 @@ def _run(args) -> int:
     root = Path(args.results)
     notes_path = root / "notes.md"
     notes = notes_path.read_text(encoding="utf-8") if notes_path.is_file() else ""
-    text = format_page(load_sources(root), notes)
+    text = format_page(load_sources(root), notes, probes=load_sources(root, probes=True))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"written: {args.out}")

@@ -12,6 +12,7 @@ import pytest
 from longtail.config import save_config
 from longtail.errors import DataError
 from longtail.results import collect, find_runs, format_page, key_rows_summary, load_sources, row_configs, same_computation
+from longtail.results import main as results_main
 from longtail.report import load_runs
 from longtail.thesis_tables import KEY_TABLE, TABLES
 
@@ -88,6 +89,35 @@ def test_a_row_that_sets_the_precision_takes_only_runs_in_it_and_others_prefer_t
     # a row's own precision decides a match; another key the row does not set still does not
     assert not same_computation(fp32, cfg, 1, ("amp",)) and same_computation(fp32, cfg, 1)
     assert same_computation(fp32, _with(fp32, "eval.every", 7), 1, ("amp",))
+
+
+def test_probes_are_listed_with_their_commands_but_never_matched_to_a_row(tmp_path):
+    """A run under a ``*-probes`` folder (here the CE recipe on a re-encoded copy of the data, which
+    ``data.root`` alone cannot tell apart) is not a seed of the CE row; the page lists it apart."""
+    t52 = TABLES["5.2"]
+    src = tmp_path / "results" / "machine"
+    for seed, top1 in ((0, 65.0), (1, 66.0)):
+        cfg, _ = row_configs(t52, t52.row("CE"), 100, seed)
+        _write_run(src / "rho100" / f"ce-seed{seed}", cfg, _metrics(seed, top1, argv=["train", f"seed={seed}"]))
+    cfg, _ = row_configs(t52, t52.row("CE"), 100, 0)
+    _write_run(src / "rho100" / "copy-probes" / "q50" / "ce-seed0", _with(cfg, "data.root", "/q50"),
+               _metrics(0, 50.0, argv=["train", "data.root=/q50"]))
+    sources = load_sources(tmp_path / "results")
+    probes = load_sources(tmp_path / "results", probes=True)
+    assert [Path(r["path"]).parent.name for r in sources["machine"]] == ["rho100", "rho100"]
+    assert [Path(r["path"]).parent.name for r in probes["machine"]] == ["q50"]
+    e = {e["row"].label: e for e in key_rows_summary(sources)}["CE"]
+    assert (e["seeds"], e["top1"]) == (2, 65.5)
+    # without the probe filter the probe would replace seed 0 of the row or join it
+    unfiltered = load_runs(src)
+    assert len(unfiltered) == 3 and sum(len(find_runs([r], KEY_TABLE, KEY_TABLE.row("CE"), 100)) for r in unfiltered) == 3
+    page = format_page(sources, probes=probes)
+    assert "Sources: `results/machine/` (2 runs)." in page
+    listed = page.split("## Run files")[1]
+    assert listed.index("`results/machine/`:") < listed.index("`results/machine/`, probes (not matched to rows):")
+    assert "top-1 50.00" in listed.split("probes (not matched to rows):")[1]
+    assert "top-1 50.00" not in listed.split("probes (not matched to rows):")[0]
+    assert load_sources(tmp_path / "nothing", probes=True) == {}
 
 
 def test_key_rows_mean_std_diff_and_two_stage_wall_time(tmp_path):
@@ -195,12 +225,13 @@ def test_cli_page_writes_the_file_and_every_key_row(tmp_path):
     assert "&&" not in commands["CE"]
 
 
-def test_committed_page_is_generated_from_committed_runs():
+def test_committed_page_is_generated_from_committed_runs(tmp_path):
     """docs/results.md is exactly what ``longtail results page`` writes from results/."""
     root = Path(__file__).resolve().parents[1]
-    notes = root / "results" / "notes.md"
-    text = format_page(load_sources(root / "results"), notes.read_text() if notes.is_file() else "")
-    assert (root / "docs" / "results.md").read_text() == text, "run `longtail results page` and commit docs/results.md"
+    out = tmp_path / "results.md"
+    assert results_main(["page", "--results", str(root / "results"), "--out", str(out)]) == 0
+    assert (root / "docs" / "results.md").read_text() == out.read_text(), \
+        "run `longtail results page` and commit docs/results.md"
 
 
 def test_cli_collect_without_finished_runs_is_a_one_line_error(tmp_path):
