@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from longtail.data.cifar import _load_pickle  # noqa: E402
+from longtail.errors import DataError  # noqa: E402
 
 FOLDERS = ("cifar-10-batches-py", "cifar-100-python")
 SUBSAMPLING = ("4:4:4", "4:2:2", "4:2:0")
@@ -83,7 +84,7 @@ def recompress(src: Path, dst: Path, quality: int, subsampling: str = "4:2:0") -
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
             batch = _load_pickle(path)
-        except Exception:  # not a pickle (a README, an archive): copied as it is
+        except DataError:  # not a pickle (a README, an archive): copied as it is
             batch = None
         if batch is None or "data" not in batch:
             shutil.copyfile(path, out / path.name)
