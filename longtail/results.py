@@ -17,6 +17,8 @@ resolves for that row, rho and seed, except for keys that do not change what is 
 the data lies, precision, evaluation frequency: :data:`longtail.reproduce.BENIGN_PREFIXES`); a
 row that sets the precision itself (``amp=none``) takes only runs trained in it.
 Hand-written findings (why a row misses) live in ``results/notes.md`` and are included verbatim.
+Runs kept under a ``*-probes`` folder (:data:`PROBE_SUFFIX`) answer one-off questions of those
+findings; the page lists them with their commands but never matches them to a row.
 """
 from __future__ import annotations
 
