@@ -32,10 +32,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from longtail.data.cifar import _load_pickle  # noqa: E402
+from longtail.data.cifar import CIFAR10, CIFAR100, _load_pickle  # noqa: E402
 from longtail.errors import DataError  # noqa: E402
 
-FOLDERS = ("cifar-10-batches-py", "cifar-100-python")
+FOLDERS = (CIFAR10.base_folder, CIFAR100.base_folder)
 SUBSAMPLING = ("4:4:4", "4:2:2", "4:2:0")
 
 

@@ -237,16 +237,23 @@ def load_sources(root: Path, probes: bool = False) -> Dict[str, List[dict]]:
         probes: Return only the probes (runs under a ``*-probes`` folder, :func:`is_probe`)
             instead of every run but them.
     """
+    return split_sources(root)[1 if probes else 0]
+
+
+def split_sources(root: Path) -> Tuple[Dict[str, List[dict]], Dict[str, List[dict]]]:
+    """``(runs, probes)`` of every source folder under ``root``, each by source name, read once:
+    what :func:`load_sources` returns without and with ``probes``."""
     root = Path(root)
-    out: Dict[str, List[dict]] = {}
+    runs: Dict[str, List[dict]] = {}
+    probes: Dict[str, List[dict]] = {}
     if not root.is_dir():
-        return out
+        return runs, probes
     for src in sorted(p for p in root.iterdir() if p.is_dir()):
         if any(src.rglob("metrics.json")):
-            runs = [r for r in load_runs(src) if is_probe(r["path"], src) == probes]
-            if runs or not probes:
-                out[src.name] = runs
-    return out
+            runs[src.name] = []
+            for r in load_runs(src):
+                (probes.setdefault(src.name, []) if is_probe(r["path"], src) else runs[src.name]).append(r)
+    return runs, probes
 
 
 def is_probe(run_path: str | Path, source: Path) -> bool:
@@ -518,7 +525,8 @@ def _run(args) -> int:
     root = Path(args.results)
     notes_path = root / "notes.md"
     notes = notes_path.read_text(encoding="utf-8") if notes_path.is_file() else ""
-    text = format_page(load_sources(root), notes, probes=load_sources(root, probes=True))
+    sources, probes = split_sources(root)
+    text = format_page(sources, notes, probes=probes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"written: {args.out}")
