@@ -3,7 +3,7 @@
     longtail train [RECIPE] [key=value ...] [--resume RUN_DIR] [--quiet]
     longtail retrain STAGE1_RUN [key=value ...]
     longtail eval RUN_DIR [--split test] [--checkpoint PATH] [key=value ...]
-    longtail report PATH [PATH ...] [--format markdown|csv]
+    longtail report PATH [PATH ...] [--format markdown|csv] [--per-class]
     longtail recipes
     longtail constants [RECIPE] [key=value ...]
     longtail reproduce TABLE [key=value ...]
@@ -116,10 +116,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import format_table, load_runs, summarize
+    from .report import format_per_class, format_table, load_runs, per_class_rows, summarize
 
     runs = load_runs([Path(p) for p in args.paths])
-    print(format_table(summarize(runs), fmt=args.format))
+    rows = summarize(runs)
+    if args.per_class:
+        print(format_per_class(rows, per_class_rows(runs, rows), fmt=args.format), end="")
+    else:
+        print(format_table(rows, fmt=args.format))
     return 0
 
 
@@ -204,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables across run folders (mean +- std over seeds)")
     rep.add_argument("paths", nargs="+")
     rep.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    rep.add_argument("--per-class", action="store_true",
+                     help="one line per class: each group's per-class top-1 (mean +- std over seeds)")
     rep.set_defaults(func=cmd_report)
 
     rc = sub.add_parser("recipes", help="list the shipped recipes")

@@ -28,8 +28,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from .config import flatten, read_yaml
 from .errors import DataError
 
-__all__ = ["read_metrics", "load_runs", "aggregate", "summarize", "format_table", "SEED_KEYS", "DEFAULT_METRICS",
-           "headline", "shot_table"]
+__all__ = ["read_metrics", "load_runs", "aggregate", "summarize", "format_table", "per_class_rows",
+           "format_per_class", "SEED_KEYS", "DEFAULT_METRICS", "headline", "shot_table"]
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -361,6 +361,92 @@ def format_table(
                 cell += f" ± {std:.{digits}f}"
             cells.append(cell)
         lines.append("| " + " | ".join(cells + ref_cells(row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_class_rows(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Per-class top-1 of each :func:`summarize` row, one entry per class (Table 4.5's comparison).
+
+    Args:
+        runs: The runs given to :func:`summarize`.
+        rows: Its rows (their ``runs`` name the member runs by path).
+
+    Returns:
+        One dict per class, in class order: ``class`` (index), ``name``, ``train_count`` and
+        ``group`` (from ``metrics.json``'s ``per_class``; ``None`` where the runs disagree, e.g.
+        two imbalance ratios), and per row, in order, ``cells``: ``(mean, std)`` of the class's
+        accuracy over the row's seeds (std ``None`` for one seed).
+
+    Raises:
+        DataError: A run without per-class accuracies, or runs with different numbers of classes;
+            the message names the ``metrics.json`` files.
+    """
+    by_path = {r["path"]: r for r in runs}
+    members = [[by_path[p] for p in row["runs"]] for row in rows]
+    tables: List[Tuple[str, List[Mapping[str, Any]]]] = []
+    for group in members:
+        for run in group:
+            pc = run["metrics"].get("per_class")
+            where = Path(run["path"]) / METRICS_FILE
+            if not isinstance(pc, list) or not pc or not all(isinstance(e, Mapping) and "accuracy" in e for e in pc):
+                raise DataError(f"{where}: no per-class accuracies ('per_class' is empty or has no 'accuracy')")
+            if tables and len(pc) != len(tables[0][1]):
+                raise DataError(f"{where}: {len(pc)} classes, but {tables[0][0]} has {len(tables[0][1])}; "
+                                "per-class tables compare runs of one dataset")
+            tables.append((str(where), pc))
+    out = []
+    for c in range(len(tables[0][1]) if tables else 0):
+        entries = [pc[c] for _, pc in tables]
+        agreed = {k: entries[0].get(k) if len({_freeze(e.get(k)) for e in entries}) == 1 else None
+                  for k in ("name", "train_count", "group")}
+        cells = [_mean_std([r["metrics"]["per_class"][c]["accuracy"] for r in group]) for group in members]
+        out.append({"class": c, **agreed, "cells": cells})
+    return out
+
+
+def format_per_class(
+    rows: Sequence[Mapping[str, Any]],
+    classes: Sequence[Mapping[str, Any]],
+    fmt: str = "markdown",
+    digits: int = 1,
+) -> str:
+    """Render :func:`per_class_rows` as a table: one line per class, one column per summary row.
+
+    The columns are ``class``, ``name``, ``train images``, ``group`` and each row's method label;
+    a last line ``mean`` averages the classes (top-1 itself on a balanced test split). Markdown
+    cells read ``mean ± std``; CSV has a ``<label> std`` column after each label.
+
+    Args:
+        rows: Rows from :func:`summarize` (their labels head the columns).
+        classes: Their :func:`per_class_rows`.
+        fmt: ``"markdown"`` or ``"csv"``.
+        digits: Decimals of every number.
+
+    Raises:
+        ValueError: On an unknown ``fmt``.
+    """
+    if fmt not in ("markdown", "csv"):
+        raise ValueError(f"fmt must be 'markdown' or 'csv', got {fmt!r}")
+    labels = [str(r["method"]) for r in rows]
+    means = [_mean_std([c["cells"][i][0] for c in classes])[0] for i in range(len(rows))]
+
+    def info(c: Mapping[str, Any]) -> List[str]:
+        return [str(c["class"])] + ["" if c[k] is None else str(c[k]) for k in ("name", "train_count", "group")]
+
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["class", "name", "train_images", "group"] + [x for lab in labels for x in (lab, f"{lab} std")])
+        for c in classes:
+            writer.writerow(info(c) + [_num(v, digits) for cell in c["cells"] for v in cell])
+        writer.writerow(["mean", "", "", ""] + [x for m in means for x in (_num(m, digits), "")])
+        return buf.getvalue()
+    header = ["class", "name", "train images", "group"] + [lab.replace("|", "\\|") for lab in labels]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:", "---", "---:", "---"] + ["---:"] * len(labels)) + "|"]
+    for c in classes:
+        cells = [_num(m, digits) + ("" if s is None else f" ± {s:.{digits}f}") for m, s in c["cells"]]
+        lines.append("| " + " | ".join(info(c) + cells) + " |")
+    lines.append("| mean | | | | " + " | ".join(_num(m, digits) for m in means) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -235,3 +235,73 @@ def test_terminal_tables_of_one_run():
     assert shot_table(m).splitlines() == [
         "| group | classes | top-1 % |", "|---|---|---|", "| all | 10 | 81.23 |", "| many (>100) | 3 | 90.10 |",
         "| medium | 4 | 75.00 |", "| few (<20) | 3 | - |"]
+
+
+def _classes(accs, counts=(500, 50, 5), names=("a", "b", "c")):
+    groups = ["many", "medium", "few"]
+    return [{"class": i, "name": n, "train_count": k, "test_count": 100, "accuracy": a, "group": g}
+            for i, (n, k, a, g) in enumerate(zip(names, counts, accs, groups))]
+
+
+def test_per_class_table_averages_each_class_over_the_seeds(tmp_path):
+    from longtail.report import format_per_class, per_class_rows
+
+    _write_run(tmp_path / "ce-seed0", 0, 50.0, 90.0, 40.0, 20.0, "ce", _config(0), per_class=_classes([90.0, 40.0, 20.0]))
+    _write_run(tmp_path / "ce-seed1", 1, 60.0, 94.0, 50.0, 36.0, "ce", _config(1), per_class=_classes([94.0, 50.0, 36.0]))
+    _write_run(tmp_path / "fbl-seed0", 0, 70.0, 80.0, 70.0, 60.0, "fbl", _config(0, "fbl"),
+               per_class=_classes([80.0, 70.0, 60.0]))
+    runs = load_runs(tmp_path)
+    rows = summarize(runs)
+    classes = per_class_rows(runs, rows)
+    assert [c["name"] for c in classes] == ["a", "b", "c"]
+    assert [c["train_count"] for c in classes] == [500, 50, 5]
+    assert classes[1]["cells"][0] == (pytest.approx(45.0), pytest.approx(math.sqrt(50)))  # 40, 50 (ddof=1)
+    assert classes[2]["cells"][1] == (pytest.approx(60.0), None)                          # one seed
+
+    lines = format_per_class(rows, classes).strip().split("\n")
+    assert lines[0] == "| class | name | train images | group | ce | fbl |"
+    assert lines[2] == "| 0 | a | 500 | many | 92.0 ± 2.8 | 80.0 |"
+    assert lines[4] == "| 2 | c | 5 | few | 28.0 ± 11.3 | 60.0 |"
+    assert lines[5] == "| mean | | | | 55.0 | 70.0 |"  # the classes' mean: top-1 on a balanced test split
+    table = list(csv.reader(io.StringIO(format_per_class(rows, classes, fmt="csv"))))
+    assert table[0] == ["class", "name", "train_images", "group", "ce", "ce std", "fbl", "fbl std"]
+    assert table[1] == ["0", "a", "500", "many", "92.0", "2.8", "80.0", ""]
+    assert table[-1] == ["mean", "", "", "", "55.0", "", "70.0", ""]
+    with pytest.raises(ValueError):
+        format_per_class(rows, classes, fmt="latex")
+
+
+def test_per_class_table_blanks_what_the_runs_disagree_on_and_names_bad_runs(tmp_path):
+    from longtail.report import per_class_rows
+
+    _write_run(tmp_path / "r100", 0, 50.0, 90.0, 40.0, 20.0, "ce", _config(0), per_class=_classes([90.0, 40.0, 20.0]))
+    _write_run(tmp_path / "r10", 0, 60.0, 90.0, 40.0, 20.0, "ce", _config(0, beta=0.5),
+               per_class=_classes([91.0, 41.0, 21.0], counts=(500, 158, 50)))
+    runs = load_runs(tmp_path)
+    classes = per_class_rows(runs, summarize(runs))
+    assert [c["train_count"] for c in classes] == [500, None, None]
+    assert [c["name"] for c in classes] == ["a", "b", "c"]
+
+    _write_run(tmp_path / "two", 0, 60.0, 90.0, 40.0, 20.0, "fbl", _config(0, "fbl"),
+               per_class=_classes([91.0, 41.0], counts=(500, 50)))
+    runs = load_runs(tmp_path)
+    with pytest.raises(DataError, match=r"two/metrics.json: 2 classes, but .*r10/metrics.json has 3"):
+        per_class_rows(runs, summarize(runs))
+
+    empty = tmp_path / "empty"
+    _write_run(empty / "run", 0, 60.0, 90.0, 40.0, 20.0, "ce", _config(0))  # per_class: []
+    runs = load_runs(empty)
+    with pytest.raises(DataError, match=r"run/metrics.json: no per-class accuracies"):
+        per_class_rows(runs, summarize(runs))
+
+
+def test_report_cli_per_class(tmp_path, capsys):
+    from longtail.cli import main
+
+    _write_run(tmp_path / "ce-seed0", 0, 50.0, 90.0, 40.0, 20.0, "ce", _config(0), per_class=_classes([90.0, 40.0, 20.0]))
+    assert main(["report", str(tmp_path), "--per-class"]) == 0
+    out = capsys.readouterr().out.strip().split("\n")
+    assert out[0] == "| class | name | train images | group | ce |"
+    assert out[3] == "| 1 | b | 50 | medium | 40.0 |"
+    assert main(["report", str(tmp_path)]) == 0
+    assert "| ce | 1 | 50.00 |" in capsys.readouterr().out
