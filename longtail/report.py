@@ -286,6 +286,12 @@ def _num(v: Optional[float], digits: int) -> str:
     return f"{v:.{digits}f}"
 
 
+def _cell(mean: Optional[float], std: Optional[float], digits: int) -> str:
+    """A markdown cell: ``mean ± std``, just ``mean`` without a std, empty without a mean."""
+    cell = _num(mean, digits)
+    return cell + f" ± {std:.{digits}f}" if cell and std is not None else cell
+
+
 def _reference_value(reference: Mapping[str, Any], method: str) -> Optional[float]:
     ref = reference.get(method)
     if isinstance(ref, Mapping):
@@ -354,12 +360,7 @@ def format_table(
     ]
     for row in rows:
         cells = [str(row["method"]).replace("|", "\\|"), str(row["seeds"])]
-        for m in metrics:
-            mean, std = row.get(m), row.get(f"{m}_std")
-            cell = _num(mean, digits)
-            if cell and std is not None:
-                cell += f" ± {std:.{digits}f}"
-            cells.append(cell)
+        cells += [_cell(row.get(m), row.get(f"{m}_std"), digits) for m in metrics]
         lines.append("| " + " | ".join(cells + ref_cells(row)) + " |")
     return "\n".join(lines) + "\n"
 
@@ -382,24 +383,27 @@ def per_class_rows(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str
             the message names the ``metrics.json`` files.
     """
     by_path = {r["path"]: r for r in runs}
-    members = [[by_path[p] for p in row["runs"]] for row in rows]
-    tables: List[Tuple[str, List[Mapping[str, Any]]]] = []
-    for group in members:
-        for run in group:
-            pc = run["metrics"].get("per_class")
-            where = Path(run["path"]) / METRICS_FILE
+    first: Optional[Tuple[Path, int]] = None
+    groups: List[List[List[Mapping[str, Any]]]] = []  # per row, per run: its per-class entries
+    for row in rows:
+        groups.append([])
+        for path in row["runs"]:
+            pc = by_path[path]["metrics"].get("per_class")
+            where = Path(path) / METRICS_FILE
             if not isinstance(pc, list) or not pc or not all(isinstance(e, Mapping) and "accuracy" in e for e in pc):
                 raise DataError(f"{where}: no per-class accuracies ('per_class' is empty or has no 'accuracy')")
-            if tables and len(pc) != len(tables[0][1]):
-                raise DataError(f"{where}: {len(pc)} classes, but {tables[0][0]} has {len(tables[0][1])}; "
+            if first is None:
+                first = (where, len(pc))
+            elif len(pc) != first[1]:
+                raise DataError(f"{where}: {len(pc)} classes, but {first[0]} has {first[1]}; "
                                 "per-class tables compare runs of one dataset")
-            tables.append((str(where), pc))
+            groups[-1].append(pc)
     out = []
-    for c in range(len(tables[0][1]) if tables else 0):
-        entries = [pc[c] for _, pc in tables]
+    for c in range(first[1] if first else 0):
+        entries = [pc[c] for group in groups for pc in group]
         agreed = {k: entries[0].get(k) if len({_freeze(e.get(k)) for e in entries}) == 1 else None
                   for k in ("name", "train_count", "group")}
-        cells = [_mean_std([r["metrics"]["per_class"][c]["accuracy"] for r in group]) for group in members]
+        cells = [_mean_std([pc[c]["accuracy"] for pc in group]) for group in groups]
         out.append({"class": c, **agreed, "cells": cells})
     return out
 
@@ -444,7 +448,7 @@ def format_per_class(
     header = ["class", "name", "train images", "group"] + [lab.replace("|", "\\|") for lab in labels]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:", "---", "---:", "---"] + ["---:"] * len(labels)) + "|"]
     for c in classes:
-        cells = [_num(m, digits) + ("" if s is None else f" ± {s:.{digits}f}") for m, s in c["cells"]]
+        cells = [_cell(m, s, digits) for m, s in c["cells"]]
         lines.append("| " + " | ".join(info(c) + cells) + " |")
     lines.append("| mean | | | | " + " | ".join(_num(m, digits) for m in means) + " |")
     return "\n".join(lines) + "\n"
