@@ -26,6 +26,7 @@ EXPECTED = {
             "KPS-GA": {100: 81.23, 50: 84.59}},
     "4.2": {"CE": {100: 71.07, 50: 75.31},
             "LDAM-DRW": {100: 77.03, 50: 81.03},
+            "LA": {100: 80.92, 50: None},
             "FBL": {100: 82.46, 50: 84.30}},
     "4.4": {"Linear decrease": {100: 75.97}, "Linear increase": {100: 81.67}, "Sine increase": {100: 81.22},
             "Cosine increase": {100: 80.79}, "Parabolic increase": {100: 82.46}},
