@@ -355,6 +355,7 @@ def summarize_plan(p: Plan) -> List[dict]:
         Dicts with ``rho``, ``row`` (:class:`~longtail.thesis_tables.Row`), ``label``, ``seeds``
         (finished runs), ``top1``/``top1_std``, ``many``, ``medium``, ``few`` (with ``_std``),
         ``published``, ``failures`` (reasons; an unreadable ``metrics.json`` is one, named),
+        ``missing`` (runs with no result that did not fail: not selected by ``--rows``, not run yet),
         ``runs`` (folders, finished or not), ``wall_time_s`` (mean per seed, stage 1 + stage 2)
         and ``notes`` (e.g. tau chosen on the test split).
     """
@@ -364,7 +365,7 @@ def summarize_plan(p: Plan) -> List[dict]:
         for ri, row in enumerate(p.table.rows):
             runs = p.cells[(rho, ri)]
             s1 = p.stage1[(rho, ri)]
-            finished, parents, failures, notes = [], [], [], []
+            finished, parents, failures, notes, missing = [], [], [], [], 0
             for r, r1 in zip(runs, s1):
                 try:
                     m = read_metrics(r, missing_ok=True)
@@ -373,7 +374,10 @@ def summarize_plan(p: Plan) -> List[dict]:
                     continue
                 if m is None:
                     job = by_dir.get(r)
-                    failures.append(job.reason if job is not None and job.reason else "not run")
+                    if job is not None and job.reason:
+                        failures.append(job.reason)
+                    else:
+                        missing += 1
                     continue
                 finished.append({"path": str(r), "metrics": m, "config": {}})
                 parent = None
@@ -387,7 +391,7 @@ def summarize_plan(p: Plan) -> List[dict]:
                     notes.append("tau chosen on the test split (no val split)")
             agg = aggregate(finished, DEFAULT_METRICS, stage1=parents)
             out.append({"rho": rho, "row": row, "label": row.label, "seeds": agg["seeds"], "runs": runs,
-                        "published": row.published.get(rho), "failures": failures,
+                        "published": row.published.get(rho), "failures": failures, "missing": missing,
                         "wall_time_s": agg["wall_time_s"], "notes": sorted(set(notes)),
                         **{k: agg[k] for key in DEFAULT_METRICS for k in (key, f"{key}_std")}})
     return out
@@ -451,7 +455,8 @@ def format_markdown(p: Plan, summary: Sequence[dict], wall_s: Optional[float] = 
                 diff = "n/c"
             else:
                 diff = f"{e['top1'] - pub:+.2f}"
-            seeds = f"{e['seeds']}" + (f" ({len(e['failures'])} failed)" if e["failures"] else "")
+            seeds = f"{e['seeds']}" + (f" ({len(e['failures'])} failed)" if e["failures"] else "") \
+                + (f" ({e['missing']} not run)" if e["missing"] and e["seeds"] else "")
             lines.append(f"| {e['label']} | {seeds} | {_fmt(e['top1'], e['top1_std'])} | {_fmt(e['many'])} | "
                          f"{_fmt(e['medium'])} | {_fmt(e['few'])} | {_fmt(pub)} | {diff} |")
         lines.append("")
@@ -577,6 +582,8 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmd = "longtail reproduce " + shlex.join([table.id, *p.user_overrides]) + \
         f" --seeds {' '.join(map(str, p.seeds))} --rho {' '.join(map(str, p.rhos))} --out {out}"
+    if getattr(args, "rows", None):
+        cmd += " --rows " + shlex.join(args.rows)
     text = format_markdown(p, summary, wall_s=wall, command=cmd)
     path = out / f"table_{table.id}.md"
     path.write_text(text)

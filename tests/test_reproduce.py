@@ -412,7 +412,8 @@ def test_markdown_of_finished_cifar_runs_shows_differences(tmp_path):
     assert lines["w/o re-training"][2] == "80.50 ± 0.71" and lines["w/o re-training"][7] == f"{80.5 - 80.52:+.2f}"
     assert lines["w/o re-training"][5] == "-"  # no few-shot value
     assert lines["CBEN + cRT"][7] == f"{83.5 - 82.68:+.2f}"
-    assert lines["CBEN + tau-normalization"][1] == "1 (1 failed)" and lines["CBEN + tau-normalization"][2] == "82.00"
+    # a seed with no result that did not fail (not trained yet) is "not run", not "failed"
+    assert lines["CBEN + tau-normalization"][1] == "1 (1 not run)" and lines["CBEN + tau-normalization"][2] == "82.00"
     # a recipe-changing override makes the numbers "not comparable" even on CIFAR-10-LT
     p2 = plan(TABLES["5.6"], [0, 1], None, ["optim.epochs=3"], tmp_path)
     assert "**Not comparable**" in format_markdown(p2, summarize_plan(p2))
@@ -478,7 +479,30 @@ def test_rows_limits_the_jobs_to_the_selected_rows(tmp_path):
     two = plan(TABLES["key"], [0], [100], ["data.root=/d"], tmp_path, rows=["FBL*", "CE"])
     assert dirs(two) == [d for d in dirs(full) if d in set(dirs(two))]
     assert [j.argv[1] for j in two.jobs] == ["cifar10_lt/ce"] + ["cifar10_lt/fbl"] * 4  # batch 64, fp32, batch 128, A = 30
-    assert summarize_plan(two)[by_label["LDAM-DRW"]]["failures"] == ["not run"]
+    ldam = summarize_plan(two)[by_label["LDAM-DRW"]]
+    assert ldam["failures"] == [] and ldam["missing"] == 1 and ldam["seeds"] == 0
+
+
+def test_rows_table_names_its_command_and_leaves_other_rows_not_run(tmp_path, capsys):
+    """The table written after ``--rows`` gives the command that reproduces it, --rows included, and
+    shows the rows it did not train as without result, not as failed; nothing is trained when the
+    selected runs have finished."""
+    args = _args("5.6", tmp_path, ["data.root=/d"])
+    args.rows = ["CBEN + LWS"]
+    p = plan(TABLES["5.6"], [0], None, ["data.root=/d"], tmp_path, rows=args.rows)
+    for job in p.jobs:
+        job.run_dir.mkdir(parents=True)
+        (job.run_dir / "metrics.json").write_text(json.dumps({"top1": 81.0 if job.stage == 2 else 79.0}))
+    assert main(args) == 0
+    md = (tmp_path / "table_5.6.md").read_text()
+    assert f"- Command: `longtail reproduce 5.6 data.root=/d --seeds 0 --rho 100 --out {tmp_path} --rows 'CBEN + LWS'`" in md
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip().strip("|").split("|")]
+             for ln in md.splitlines() if ln.startswith("| ") and "|---" not in ln and not ln.startswith("| method")}
+    assert cells["CBEN + LWS"][1:3] == ["1", "81.00"]
+    for other in ("w/o re-training", "CBEN + tau-normalization", "CBEN + cRT"):  # each its own stage-2 run
+        assert cells[other][1:3] == ["0", "-"], other
+    assert "failed" not in md
+    assert "0 finished already" not in capsys.readouterr().out
 
 
 def test_rows_that_match_nothing_name_the_pattern_and_the_rows(tmp_path):
@@ -542,5 +566,5 @@ def test_summary_names_a_corrupt_metrics_file(tmp_path):
     assert crt["wall_time_s"] == 110.0  # stage 1 + stage 2
     assert len(crt["failures"]) == 1 and crt["failures"][0].startswith(f"{bad}: corrupt JSON")
     lone = next(e for e in summarize_plan(p) if e["label"] == "w/o re-training")
-    assert lone["failures"] == ["not run", "not run"] and lone["top1"] is None
+    assert lone["failures"] == [] and lone["missing"] == 2 and lone["top1"] is None
     assert f"CBEN + cRT (rho 100): 1 run(s) without result: {bad}: corrupt JSON" in format_markdown(p, summarize_plan(p))
