@@ -562,7 +562,8 @@ def main(args) -> int:
     table = get_table(args.table)
     out = Path(args.out)
     t0 = time.perf_counter()
-    p = plan(table, args.seeds, args.rho, list(args.overrides or []), out, rows=getattr(args, "rows", None))
+    rows = getattr(args, "rows", None)
+    p = plan(table, args.seeds, args.rho, list(args.overrides or []), out, rows=rows)
     if args.dry_run:
         n_done = sum(j.state == "done" for j in p.jobs)
         print(f"# Table {table.id}: {len(p.jobs)} runs ({n_done} finished, reused); "
@@ -582,8 +583,8 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmd = "longtail reproduce " + shlex.join([table.id, *p.user_overrides]) + \
         f" --seeds {' '.join(map(str, p.seeds))} --rho {' '.join(map(str, p.rhos))} --out {out}"
-    if getattr(args, "rows", None):
-        cmd += " --rows " + shlex.join(args.rows)
+    if rows:
+        cmd += " --rows " + shlex.join(rows)
     text = format_markdown(p, summary, wall_s=wall, command=cmd)
     path = out / f"table_{table.id}.md"
     path.write_text(text)

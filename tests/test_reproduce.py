@@ -88,6 +88,12 @@ SYN = ["data.name=synthetic", "optim.epochs=1", "stage2.epochs=1", "data.params.
        "data.params.test_per_class=10", "data.params.image_size=16", "tensorboard=false"]
 
 
+def _row_cells(md):
+    """The rows of a written table's markdown tables: method label -> its cells."""
+    return {ln.split("|")[1].strip(): [c.strip() for c in ln.strip().strip("|").split("|")]
+            for ln in md.splitlines() if ln.startswith("| ") and "|---" not in ln and not ln.startswith("| method")}
+
+
 def _args(table, out, overrides=(), seeds=(0,), rho=None, dry_run=False, jobs=1):
     return argparse.Namespace(table=table, overrides=list(overrides), seeds=list(seeds), rho=rho, out=str(out),
                               jobs=jobs, dry_run=dry_run)
@@ -407,8 +413,7 @@ def test_markdown_of_finished_cifar_runs_shows_differences(tmp_path):
     md = format_markdown(p, summarize_plan(p), wall_s=12.0)
     assert "Not CIFAR-10-LT" not in md and "not comparable" not in md.lower()
     assert "JPEG" in md and "Some GPU" in md
-    lines = {l.split("|")[1].strip(): [c.strip() for c in l.strip().strip("|").split("|")]
-             for l in md.splitlines() if l.startswith("| ") and "|---" not in l and not l.startswith("| method")}
+    lines = _row_cells(md)
     assert lines["w/o re-training"][2] == "80.50 ± 0.71" and lines["w/o re-training"][7] == f"{80.5 - 80.52:+.2f}"
     assert lines["w/o re-training"][5] == "-"  # no few-shot value
     assert lines["CBEN + cRT"][7] == f"{83.5 - 82.68:+.2f}"
@@ -496,13 +501,12 @@ def test_rows_table_names_its_command_and_leaves_other_rows_not_run(tmp_path, ca
     assert main(args) == 0
     md = (tmp_path / "table_5.6.md").read_text()
     assert f"- Command: `longtail reproduce 5.6 data.root=/d --seeds 0 --rho 100 --out {tmp_path} --rows 'CBEN + LWS'`" in md
-    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip().strip("|").split("|")]
-             for ln in md.splitlines() if ln.startswith("| ") and "|---" not in ln and not ln.startswith("| method")}
+    cells = _row_cells(md)
     assert cells["CBEN + LWS"][1:3] == ["1", "81.00"]
     for other in ("w/o re-training", "CBEN + tau-normalization", "CBEN + cRT"):  # each its own stage-2 run
         assert cells[other][1:3] == ["0", "-"], other
     assert "failed" not in md
-    assert "0 finished already" not in capsys.readouterr().out
+    assert "Table 5.6: 2 runs, 2 finished already; running 0" in capsys.readouterr().out
 
 
 def test_rows_that_match_nothing_name_the_pattern_and_the_rows(tmp_path):
