@@ -59,13 +59,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, Path(__file__).resolve().parent):  # a checkout without installing; conv_ceiling beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
+
+import conv_ceiling  # noqa: E402
 
 from longtail.config import EPOCH_KEYS_STAGE1, load_config, scaled_epoch_overrides  # noqa: E402
 from longtail.data import build_datasets, build_sampler  # noqa: E402
@@ -472,13 +475,9 @@ def profile_table(events) -> dict:
     return table
 
 
-def part_profile(args, base: list[str], device: torch.device, log: Callable) -> dict:
-    """(h) ``--profile-steps`` steps of the run's own training step under ``torch.profiler``: the
-    self CPU time of the operators, by kind (convolution, batch norm, ...) and phase (forward,
-    backward, optimizer). Shares of the profiled time; the profiler's own overhead inflates the
-    absolute figures, so the unprofiled step rate is (b)'s."""
-    from torch.profiler import ProfilerActivity, profile, record_function
-
+def _run_step(args, base: list[str], part: str):
+    """The run's own training step as :func:`~longtail.engine.trainer.fit` builds it, and an endless
+    iterator of its training batches (with the epoch's mixup coefficients drawn as ``fit`` draws them)."""
     from longtail.engine.loaders import make_train_loader
     from longtail.engine.trainer import make_train_steps
 
@@ -486,6 +485,28 @@ def part_profile(args, base: list[str], device: torch.device, log: Callable) -> 
     seed_everything(int(cfg["seed"]))
     run = build(cfg)
     step, _ = make_train_steps(run, list(run.model.parameters()), cfg["optim"], float(cfg["mixup"]["alpha"]))
+    loader = make_train_loader(run, cfg["sampler"], int(cfg["optim"]["epochs"]), int(cfg["seed"]))
+
+    def endless():  # a small training set has fewer batches than the steps asked for
+        for epoch in range(int(cfg["optim"]["epochs"])):
+            loader.set_epoch(epoch)
+            if step.mixup is not None:
+                step.mixup.start_epoch(len(loader))
+            yield from loader
+        raise RuntimeError(f"{part}: more steps than the whole schedule has")
+
+    run.model.train()
+    return cfg, run, step, endless()
+
+
+def part_profile(args, base: list[str], device: torch.device, log: Callable) -> dict:
+    """(h) ``--profile-steps`` steps of the run's own training step under ``torch.profiler``: the
+    self CPU time of the operators, by kind (convolution, batch norm, ...) and phase (forward,
+    backward, optimizer). Shares of the profiled time; the profiler's own overhead inflates the
+    absolute figures, so the unprofiled step rate is (b)'s."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cfg, run, step, batches = _run_step(args, base, "(h)")
     forward = run.model.forward
 
     def traced(*a, **kw):
@@ -493,18 +514,6 @@ def part_profile(args, base: list[str], device: torch.device, log: Callable) -> 
             return forward(*a, **kw)
 
     run.model.forward = traced
-    loader = make_train_loader(run, cfg["sampler"], int(cfg["optim"]["epochs"]), int(cfg["seed"]))
-
-    def endless():  # a small training set has fewer batches than the steps asked for
-        for epoch in range(int(cfg["optim"]["epochs"])):
-            loader.set_epoch(epoch)
-            if step.mixup is not None:  # the epoch's mixup coefficients, as fit draws them
-                step.mixup.start_epoch(len(loader))
-            yield from loader
-        raise RuntimeError("(h): more profiled steps than the whole schedule has")
-
-    batches = endless()
-    run.model.train()
     for _ in range(args.profile_warmup):
         step(*next(batches))
     steps = args.profile_steps
@@ -521,6 +530,32 @@ def part_profile(args, base: list[str], device: torch.device, log: Callable) -> 
     return {"steps": steps, "warmup_steps": args.profile_warmup, "threads": torch.get_num_threads(),
             "profiled_ms_per_step": wall * 1000.0 / steps, "self_ms_per_step": ms, "share": share,
             "config": resolved_switches(cfg, device)}
+
+
+def part_ceiling(args, base: list[str], device: torch.device, report: dict, log: Callable) -> dict:
+    """(i) The step's convolutions timed alone against a dense matmul of the run's dtype
+    (:mod:`conv_ceiling`): the run's own training step, each pass of each of its convolutions and
+    the same passes as bare im2col matmuls, timed in the same interleaved rounds; and the step
+    that would follow with the convolutions at the matmul's speed, set against (a)'s step."""
+    cfg, run, step, batches = _run_step(args, base, "(i)")
+    dtype = run.amp_dtype or torch.float32
+    x, _ = next(batches)  # a training batch as the step receives it (size, layout)
+    shapes = conv_ceiling.conv_shapes(run.model, x)
+    peak = conv_ceiling.matmul_gflops(dtype, repeats=args.ceiling_repeats)
+    fns = {("conv", s): conv_ceiling.pass_fns(s, dtype, run.channels_last) for s in shapes}
+    fns.update({("gemm", s): conv_ceiling.gemm_fns(s, dtype) for s in shapes})
+    fns["step"] = {"step": lambda: step(*next(batches))}
+    best = conv_ceiling.time_rounds(fns, repeats=args.ceiling_repeats)
+    out = conv_ceiling.ceiling(shapes, {s: best[("conv", s)] for s in shapes}, peak,
+                               step_ms=1000 * best["step"]["step"],
+                               conventional_ms=(report["results"].get("conventional") or {}).get("ms_per_step"),
+                               gemm_seconds={s: best[("gemm", s)] for s in shapes},
+                               conv_share=(report["results"].get("profile") or {}).get("share", {}).get("convolution"))
+    out.update({"dtype": str(dtype).replace("torch.", ""), "channels_last": run.channels_last,
+                "threads": torch.get_num_threads(), "repeats": args.ceiling_repeats, "config": resolved_switches(cfg, device)})
+    log(f"  step {out['step_ms']:.1f} ms; its convolutions {out['conv_ms']:.1f} ms ({out['conv_gflop']:.1f} GFLOP), "
+        f"at the matmul's {peak:.0f} GFLOP/s {out['conv_ms_at_peak']:.1f} ms")
+    return out
 
 
 def n_evaluations(every, device: torch.device, epochs: int) -> int:
@@ -747,7 +782,7 @@ def markdown(report: dict) -> str:
 
 
 def cpu_sections(report: dict) -> list[str]:
-    """Markdown for (e) evaluation, the projected full recipe, (f) concurrency, (g) stage 2 and (h) the profile."""
+    """Markdown for (e) evaluation, the projected full recipe, (f) concurrency, (g) stage 2, (h) the profile and (i) the ceiling."""
     r, proj = report["results"], report.get("projection", {})
     lines: list[str] = []
     ev = r.get("eval")
@@ -811,6 +846,45 @@ def cpu_sections(report: dict) -> list[str]:
             lines.append(f"| {kind} | " + " | ".join(f"{v[ph]:.1f}" for ph in PROFILE_PHASES)
                          + f" | {100 * pr['share'][kind]:.1f}% |")
         lines.append(f"\nProfiled step: {pr['profiled_ms_per_step']:.1f} ms (the profiler's overhead included).")
+    lines += ceiling_section(r.get("ceiling"))
+    return lines
+
+
+def ceiling_section(c: Optional[dict]) -> list[str]:
+    """Markdown for (i): each convolution shape of the step, and the step with them at the matmul's speed."""
+    if not c:
+        return []
+    lines = ["", f"## (i) The step's convolutions against a dense matmul ({c['dtype']}"
+                 f"{', channels_last' if c['channels_last'] else ''}, {c['threads']} threads; "
+                 f"each pass timed alone, minimum of {c['repeats']} rounds)", "",
+             f"A {c['dtype']} matmul of 2048 x 2048 runs at **{c['peak_gflops']:.0f} GFLOP/s** here.", "",
+             "| convolution (C_in->C_out, kernel, H x W) | in the step | forward ms | input grad ms | weight grad ms "
+             "| GFLOP/s | of the matmul's | as bare im2col matmuls, GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+    for layer in c["layers"]:
+        ms = layer["ms"]
+        lines.append(f"| {layer['label']} | {layer['count']} | " + " | ".join(_f(ms.get(p), "{:.2f}") for p in conv_ceiling.PASSES)
+                     + f" | {layer['gflops']:.0f} | {100 * layer['of_peak']:.0f}% | {_f(layer.get('gemm_gflops'), '{:.0f}')} |")
+    lines += ["", "| | ms per step | convolutions' GFLOP/s |", "|---|---|---|",
+              f"| the convolutions ({c['conv_gflop']:.1f} GFLOP), timed alone | {c['conv_ms']:.1f} | {c['conv_gflops']:.0f} |",
+              f"| the same at the matmul's speed | {c['conv_ms_at_peak']:.1f} | {c['peak_gflops']:.0f} |"]
+    if "step_ms" in c:
+        share = c.get("conv_share")
+        in_step = (f"their {100 * share:.1f}% of the profile (h)" if share is not None
+                   else "as fast as alone ((h) not run)")
+        lines += [f"| the run's training step, timed in the same rounds | {c['step_ms']:.1f} | |",
+                  f"| its convolutions, {in_step} | {c['conv_ms_in_step']:.1f} | {c['conv_gflops_in_step']:.0f} |",
+                  f"| the rest of the step (batch norm, activations, optimizer, data) | {c['other_ms']:.1f} | |",
+                  f"| the step with the convolutions as fast as alone | {c['step_ms_alone']:.1f} | {c['conv_gflops']:.0f} |",
+                  f"| the step with the convolutions at the matmul's speed | {c['step_ms_at_peak']:.1f} | {c['peak_gflops']:.0f} |"]
+    if "conventional_ms" in c:
+        need = (f"{c['target_gflops']:.0f} ({100 * c['target_gflops'] / c['peak_gflops']:.0f}% of the matmul's)"
+                if math.isfinite(c["target_gflops"]) else "none suffices: the rest alone is slower")
+        lines += [f"| (a)'s step | {c['conventional_ms']:.1f} | |",
+                  f"| the step {c['target']:g}x (a) needs, the rest as measured | {c['target_step_ms']:.1f} | {need} |",
+                  "", f"Speed-up of this step over (a): {c['speedup']:.2f}x as measured; {c['speedup_alone']:.2f}x with "
+                      f"the convolutions in the step as fast as alone; {c['speedup_at_peak']:.2f}x at the matmul's speed."]
+    lines.append("\nThe last column of the first table times the same passes as the matmuls of an im2col formulation, "
+                 "leaving out the cost of building the columns.")
     return lines
 
 
@@ -883,6 +957,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(h): the training step's operators under torch.profiler, by kind and phase (auto: on the CPU)")
     p.add_argument("--profile-steps", type=int, default=10, help="steps profiled in (h)")
     p.add_argument("--profile-warmup", type=int, default=3, help="unprofiled steps before (h)")
+    p.add_argument("--ceiling", choices=["auto", "on", "off"], default="auto",
+                   help="(i): the step's convolutions timed alone against a dense matmul of the run's dtype, and the "
+                        "step with the convolutions at the matmul's speed (auto: on the CPU)")
+    p.add_argument("--ceiling-repeats", type=int, default=5, help="rounds of (i) (the minimum is reported)")
     p.add_argument("--out", default=None, help="results path without suffix (NAME.json and NAME.md are written); "
                                                "default benchmarks/results/bench_cifar-<device>-<time>")
     p.add_argument("--workdir", default=None, help="run folders and logs (default .cache/bench_cifar/<time>)")
@@ -953,6 +1031,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.profile_steps > 0 and (args.profile == "on" or (args.profile == "auto" and cpu)):
         parts.append(("profile", "(h) where a training step's time goes",
                       lambda: part_profile(args, base, device, log)))
+    if args.ceiling == "on" or (args.ceiling == "auto" and cpu):  # after (a) and (b): it sets their steps against it
+        parts.append(("ceiling", "(i) the convolutions against the machine's matmul speed",
+                      lambda: part_ceiling(args, base, device, report, log)))
     if args.compile:  # after (c): its compilation time must not cost (c) its place in a time budget
         parts.append(("fast_compile", "(b') longtail fast path + torch.compile",
                       lambda: part_fast(args, base, device, workdir / "fast", log, True)))

@@ -156,7 +156,7 @@ if [ "$DRY_RUN" = "1" ]; then  # the same parts at tiny sizes; results only in $
   NAME="dry-run"
   RESULTS_DIR="$OUT"
   BENCH_ARGS=(--device cpu --dataset synthetic --subset 100 --epochs 1 --timed-epochs 1 --warmup-epochs 0
-              --workers 1 --conventional-epochs 1 --eval-repeats 1 --concurrency off --stage2 off --profile off
+              --workers 1 --conventional-epochs 1 --eval-repeats 1 --concurrency off --stage2 off --profile off --ceiling off
               data.params.test_per_class=5)
 fi
 if want bench; then

@@ -35,13 +35,14 @@ def test_bench_cifar_cpu_smoke(tmp_path):
     bench = _load()
     out = tmp_path / "results" / "smoke.json"
     rc = bench.main(["--device", "cpu", "--dataset", "synthetic", "--subset", "100", "--epochs", "1",
-                     "--timed-epochs", "1", "--workers", "1", "--conventional-epochs", "1",
+                     "--timed-epochs", "1", "--workers", "1", "--conventional-epochs", "1", "--ceiling-repeats", "1",
                      "--out", str(out), "--workdir", str(tmp_path / "work"), "data.params.test_per_class=10"])
     assert rc == 0
     report = json.loads(out.read_text())
     res = report["results"]
     assert not report["errors"]
-    assert set(res) == {"conventional", "fast", "e2e", "conventional_e2e", "eval", "concurrency", "stage2", "profile"}
+    assert set(res) == {"conventional", "fast", "e2e", "conventional_e2e", "eval", "concurrency", "stage2", "profile",
+                        "ceiling"}
     for key in ("conventional", "fast"):
         d = res[key]
         assert d["timed_epochs"] == 1 and len(d["epoch_seconds"]) == 2 and d["seconds_per_epoch"] > 0
@@ -78,7 +79,19 @@ def test_bench_cifar_cpu_smoke(tmp_path):
     assert conv["forward"] > 0 and conv["backward"] > 0 and conv["optimizer"] == conv["other"] == 0
     assert prof["self_ms_per_step"]["batch norm"]["backward"] > 0
     assert sum(v["optimizer"] for v in prof["self_ms_per_step"].values()) > 0
+    # (i) the step's 31 convolutions (ResNet-32) against the matmul, set against (a)'s step
+    ceil = res["ceiling"]
+    from longtail.engine.precision import cpu_bf16_supported
+
+    assert sum(layer["count"] for layer in ceil["layers"]) == 31
+    assert ceil["dtype"] == ("bfloat16" if cpu_bf16_supported() else "float32")  # the run's amp (auto)
+    assert ceil["conventional_ms"] == res["conventional"]["ms_per_step"] and ceil["step_ms"] > 0
+    assert ceil["conv_share"] == res["profile"]["share"]["convolution"]  # (h) ran before: the share in the step
+    assert ceil["other_ms"] == pytest.approx(ceil["step_ms"] * (1 - ceil["conv_share"]))
+    assert ceil["step_ms_at_peak"] == pytest.approx(ceil["other_ms"] + ceil["conv_ms_at_peak"])
+    assert all(layer["gemm_gflops"] > 0 for layer in ceil["layers"])
     md = out.with_suffix(".md").read_text()
+    assert "(i) The step's convolutions against a dense matmul" in md
     assert "(f) Concurrency" in md and "(g) Stage 2" in md and "(h) Where a training step's time goes" in md and "Projected wall time" in md
     assert report["command"] in md and "(a) conventional" in md and "(c) longtail" in md and "(d) conventional" in md
     assert report["machine"]["torch"] and report["machine"]["cpu_count"]
@@ -122,3 +135,27 @@ def test_concurrency_section_compares_the_machine_with_the_plain_loop():
     assert "| 2 runs x 1 thread, at once | 290 + 310 = 600 | 2.40x |" in lines
     alone = bench.cpu_sections({"results": {"concurrency": conc}})
     assert "| 1 run x 2 threads | 500 |" in alone and not any("vs (a)" in ln for ln in alone)
+
+
+def test_ceiling_section_rows():
+    """(i) renders one row per convolution shape, a dash for a pass the stem has not, the step with its
+    convolutions as measured in it, alone and at the matmul's speed, and 'none suffices' when the
+    step's other work alone is slower than the target step."""
+    bench = _load()
+    layer = {"label": "3->16, 3x3, 32x32->32x32", "count": 1, "ms": {"forward": 1.0, "weight_grad": 2.0},
+             "gflops": 120.0, "of_peak": 0.3, "gemm_gflops": 100.0}
+    c = {"dtype": "bfloat16", "channels_last": True, "threads": 2, "repeats": 5, "peak_gflops": 400.0, "layers": [layer],
+         "conv_gflop": 52.8, "conv_ms": 160.0, "conv_gflops": 330.0, "conv_ms_at_peak": 132.0, "conv_share": 0.687,
+         "step_ms": 300.0, "conv_ms_in_step": 206.1, "conv_gflops_in_step": 256.2, "other_ms": 93.9,
+         "step_ms_alone": 253.9, "step_ms_at_peak": 225.9, "conventional_ms": 600.0, "target": 2.3,
+         "target_step_ms": 260.9, "target_gflops": 316.6, "speedup": 2.0, "speedup_alone": 2.36, "speedup_at_peak": 2.66}
+    lines = bench.ceiling_section(c)
+    assert "| 3->16, 3x3, 32x32->32x32 | 1 | 1.00 | - | 2.00 | 120 | 30% | 100 |" in lines
+    assert "| its convolutions, their 68.7% of the profile (h) | 206.1 | 256 |" in lines
+    assert "| the step with the convolutions as fast as alone | 253.9 | 330 |" in lines
+    assert "| the step 2.3x (a) needs, the rest as measured | 260.9 | 317 (79% of the matmul's) |" in lines
+    assert any("2.00x as measured; 2.36x with the convolutions in the step as fast as alone; 2.66x" in ln for ln in lines)
+    slow = bench.ceiling_section(dict(c, target_gflops=float("inf"), conv_share=None))
+    assert "| the step 2.3x (a) needs, the rest as measured | 260.9 | none suffices: the rest alone is slower |" in slow
+    assert "| its convolutions, as fast as alone ((h) not run) | 206.1 | 256 |" in slow
+    assert bench.ceiling_section(None) == []
