@@ -91,7 +91,7 @@ def conv_shapes(model: nn.Module, x: Tensor) -> Counter:
     return seen
 
 
-def _best(fn: Callable[[], object], calls: int) -> float:
+def _seconds_per_call(fn: Callable[[], object], calls: int) -> float:
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
@@ -102,7 +102,7 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5, calls:
     """GFLOP/s of a ``size x size`` matmul in ``dtype`` on the CPU (best of ``repeats``)."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
-    best = min(_best(lambda: a @ b, calls) for _ in range(repeats))
+    best = min(_seconds_per_call(lambda: a @ b, calls) for _ in range(repeats))
     return 2 * size ** 3 / best / 1e9
 
 
@@ -166,7 +166,7 @@ def time_rounds(fns: dict, repeats: int = 5, calls: int = 3) -> dict:
     for _ in range(repeats):
         for k, f in fns.items():
             for p, fn in f.items():
-                best[k][p] = min(best[k][p], _best(fn, calls))
+                best[k][p] = min(best[k][p], _seconds_per_call(fn, calls))
     return best
 
 
